@@ -1,0 +1,1 @@
+"""Pushflow's shared layer: the push domain, its adapters, and the Lambda plumbing."""

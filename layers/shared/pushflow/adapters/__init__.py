@@ -1,0 +1,1 @@
+"""Adapters: each owns its client and turns driver errors into domain errors."""

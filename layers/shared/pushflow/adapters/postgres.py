@@ -1,0 +1,526 @@
+"""The PostgreSQL repository (pg8000).
+
+One connection per thread: pg8000 connections are not thread-safe, and in
+local mode the Map's iterations run on threads of one process. Connections
+are opened on first use and reopened after a failure; connection-level
+failures surface as TransientDatabaseError, which the ASL retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import pg8000.native
+from pg8000.exceptions import DatabaseError, InterfaceError
+
+from pushflow.config import Settings
+from pushflow.domain.errors import Conflict, NotFound, TransientDatabaseError
+from pushflow.domain.models import (
+    DeliveryResult,
+    Notification,
+    NotificationStatus,
+    Outcome,
+    PageRef,
+    Recipient,
+)
+
+# SQLSTATE classes worth a retry: connection exceptions, operator intervention
+# (shutdown, admin terminate), insufficient resources, serialization/deadlock.
+_TRANSIENT_SQLSTATE_PREFIXES = ("08", "57", "53", "40")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionParams:
+    user: str
+    password: str | None
+    database: str
+    host: str | None = None
+    port: int = 5432
+    unix_sock: str | None = None
+    tls: bool = False
+
+    @classmethod
+    def from_url(cls, url: str) -> ConnectionParams:
+        """postgresql://user:pw@host:port/db, or ?host=/socket/dir&port=N for a unix socket."""
+        parsed = urlparse(url)
+        if parsed.scheme not in ("postgres", "postgresql"):
+            raise ValueError("DATABASE_URL must start with postgresql://")
+        query = parse_qs(parsed.query)
+        port = int((query.get("port") or [parsed.port or 5432])[0])
+        socket_dir = (query.get("host") or [None])[0]
+        return cls(
+            user=unquote(parsed.username or "postgres"),
+            password=unquote(parsed.password) if parsed.password else None,
+            database=unquote(parsed.path.lstrip("/")) or "postgres",
+            host=None if socket_dir else (parsed.hostname or "localhost"),
+            port=port,
+            unix_sock=f"{socket_dir}/.s.PGSQL.{port}" if socket_dir else None,
+            tls=(query.get("sslmode") or ["disable"])[0] in ("require", "verify-ca", "verify-full"),
+        )
+
+    def connect(self) -> pg8000.native.Connection:
+        return pg8000.native.Connection(
+            user=self.user,
+            password=self.password,
+            database=self.database,
+            host=self.host or "localhost",
+            port=self.port,
+            unix_sock=self.unix_sock,
+            ssl_context=True if self.tls else None,
+            timeout=30,
+            application_name="pushflow",
+        )
+
+
+def _is_transient(error: Exception) -> bool:
+    if isinstance(error, InterfaceError | OSError | ConnectionError):
+        return True
+    if isinstance(error, DatabaseError) and error.args and isinstance(error.args[0], dict):
+        code = str(error.args[0].get("C", ""))
+        return code.startswith(_TRANSIENT_SQLSTATE_PREFIXES)
+    return False
+
+
+def request_hash(request: Mapping[str, Any]) -> str:
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Audience:
+    """An audience as SQL over `devices d JOIN users u`: a WHERE clause and its parameters."""
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        self.params: dict[str, Any] = {}
+        self.where = self._compile(spec)
+
+    def _param(self, value: Any) -> str:
+        name = f"a{len(self.params)}"
+        self.params[name] = value
+        return f":{name}"
+
+    def _compile(self, spec: Mapping[str, Any]) -> str:
+        kind = spec["type"]
+        if kind == "all":
+            return "TRUE"
+        if kind == "users":
+            return f"u.external_id = ANY(CAST({self._param(list(spec['external_ids']))} AS text[]))"
+        if kind == "topic":
+            topic = self._param(spec["topic"])
+            return (
+                "EXISTS (SELECT 1 FROM topic_subscriptions t "
+                f"WHERE t.user_id = d.user_id AND t.topic = {topic})"
+            )
+        if kind == "filter":
+            return " AND ".join(self._conditions(spec.get("where") or {})) or "TRUE"
+        raise ValueError(f"unknown audience type {kind!r}")
+
+    def _match(self, column: str, condition: Any, cast: str) -> str:
+        values = condition["in"] if isinstance(condition, Mapping) else [condition]
+        literal = self._param([json.dumps(v) if cast == "jsonb" else v for v in values])
+        return f"{column} = ANY(CAST({literal} AS {cast}[]))"
+
+    def _conditions(self, where: Mapping[str, Any]) -> Iterator[str]:
+        if "locale" in where:
+            yield self._match("u.locale", where["locale"], "text")
+        if "platform" in where:
+            yield self._match("d.platform", where["platform"], "text")
+        for key, condition in (where.get("attributes") or {}).items():
+            yield self._match(f"(u.attributes -> {self._param(key)})", condition, "jsonb")
+
+
+_RECIPIENT_COLUMNS = (
+    "d.id, d.user_id, d.platform, d.sandbox, d.endpoint_arn, u.locale, u.time_zone"
+)
+
+
+class Repository:
+    def __init__(self, connect: Callable[[], pg8000.native.Connection]) -> None:
+        self._connect = connect
+        self._local = threading.local()
+        self._all: list[pg8000.native.Connection] = []
+        self._all_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Repository:
+        if settings.database_url:
+            params = ConnectionParams.from_url(settings.database_url)
+        else:
+            params = _params_from_secret(settings)
+        return cls(params.connect)
+
+    # -- connections -------------------------------------------------------
+
+    def _connection(self) -> pg8000.native.Connection:
+        conn: pg8000.native.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = self._connect()
+            except Exception as error:
+                raise TransientDatabaseError(f"cannot connect to PostgreSQL: {error}") from error
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            with self._all_lock:
+                if conn in self._all:
+                    self._all.remove(conn)
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[pg8000.native.Connection]:
+        """A connection; a failure that is the connection's fault drops it and is transient."""
+        conn = self._connection()
+        try:
+            yield conn
+        except Exception as error:
+            if _is_transient(error):
+                self._drop_connection()
+                raise TransientDatabaseError(f"PostgreSQL: {error}") from error
+            raise
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[pg8000.native.Connection]:
+        with self._session() as conn:
+            conn.run("START TRANSACTION")
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.run("ROLLBACK")
+                raise
+            conn.run("COMMIT")
+
+    def run(self, sql: str, **params: Any) -> list[list[Any]]:
+        with self._session() as conn:
+            rows: list[list[Any]] = conn.run(sql, **params)
+            return rows
+
+    def close(self) -> None:
+        with self._all_lock:
+            connections, self._all = self._all, []
+        for conn in connections:
+            with contextlib.suppress(Exception):
+                conn.close()
+        self._local = threading.local()
+
+    # -- schema ------------------------------------------------------------
+
+    def migrate(self, migrations_dir: Path) -> list[str]:
+        """Apply the migrations not applied yet, in order; a failing one rolls back the run."""
+        applied_now: list[str] = []
+        with self.transaction() as conn:
+            # One migrator at a time, also across processes (deploy + local runs).
+            conn.run("SELECT pg_advisory_xact_lock(726354)")
+            conn.run(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in conn.run("SELECT version FROM schema_migrations")}
+            for path in sorted(migrations_dir.glob("*.sql")):
+                if path.stem in done:
+                    continue
+                conn.execute_simple(path.read_text())
+                conn.run("INSERT INTO schema_migrations (version) VALUES (:v)", v=path.stem)
+                applied_now.append(path.stem)
+        return applied_now
+
+    # -- notifications -----------------------------------------------------
+
+    def create_notification(
+        self,
+        request: Mapping[str, Any],
+        category: str,
+        status: NotificationStatus,
+        idempotency_key: str | None = None,
+        notification_id: str | None = None,
+    ) -> tuple[Notification, bool]:
+        """Insert a notification; with an idempotency key, return the existing one instead.
+
+        Returns (notification, created). The same key with a different request is a Conflict.
+        """
+        digest = request_hash(request)
+        new_id = notification_id or str(uuid.uuid4())
+        rows = self.run(
+            "INSERT INTO notifications (id, idempotency_key, request_hash, request, category,"
+            " status) VALUES (CAST(:id AS uuid), :key, :hash, CAST(:request AS jsonb), :category,"
+            " :status) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+            id=new_id,
+            key=idempotency_key,
+            hash=digest,
+            request=json.dumps(request),
+            category=category,
+            status=status.value,
+        )
+        if rows:
+            return self.get_notification(new_id), True
+        existing = self.run(
+            "SELECT id, request_hash FROM notifications WHERE idempotency_key = :key",
+            key=idempotency_key,
+        )
+        if not existing:  # deleted between the two statements
+            raise TransientDatabaseError("idempotency record vanished; retry")
+        if existing[0][1] != digest:
+            raise Conflict("this Idempotency-Key was used with a different request")
+        return self.get_notification(str(existing[0][0])), False
+
+    def get_notification(self, notification_id: str) -> Notification:
+        try:
+            uuid.UUID(notification_id)
+        except ValueError:
+            raise NotFound(f"notification {notification_id} not found") from None
+        rows = self.run(
+            "SELECT id, category, request, status, counts, recipient_count, page_count,"
+            " execution_arn, error, created_at, started_at, completed_at"
+            " FROM notifications WHERE id = CAST(:id AS uuid)",
+            id=notification_id,
+        )
+        if not rows:
+            raise NotFound(f"notification {notification_id} not found")
+        row = rows[0]
+
+        def iso(value: Any) -> str | None:
+            return value.isoformat() if value is not None else None
+
+        return Notification(
+            id=str(row[0]),
+            category=row[1],
+            request=row[2],
+            status=NotificationStatus(row[3]),
+            counts=row[4],
+            recipient_count=row[5],
+            page_count=row[6],
+            execution_arn=row[7],
+            error=row[8],
+            created_at=iso(row[9]),
+            started_at=iso(row[10]),
+            completed_at=iso(row[11]),
+        )
+
+    def set_execution(self, notification_id: str, execution_arn: str) -> None:
+        self.run(
+            "UPDATE notifications SET execution_arn = :arn WHERE id = CAST(:id AS uuid)",
+            id=notification_id,
+            arn=execution_arn,
+        )
+
+    def mark_running(
+        self, notification_id: str, execution_arn: str, recipient_count: int, page_count: int
+    ) -> None:
+        self.run(
+            "UPDATE notifications SET status = 'running', execution_arn = :arn,"
+            " recipient_count = :recipients, page_count = :pages,"
+            " started_at = coalesce(started_at, now())"
+            " WHERE id = CAST(:id AS uuid) AND status IN ('accepted', 'scheduled', 'running')",
+            id=notification_id,
+            arn=execution_arn,
+            recipients=recipient_count,
+            pages=page_count,
+        )
+
+    def finish(
+        self, notification_id: str, status: NotificationStatus, error: str | None = None
+    ) -> Notification:
+        """Count the rows per outcome into the notification and set its final status."""
+        self.run(
+            "UPDATE notifications n SET status = :status, error = :error,"
+            " completed_at = now(),"
+            " counts = coalesce((SELECT jsonb_object_agg(outcome, c) FROM"
+            "   (SELECT outcome, count(*) AS c FROM deliveries"
+            "    WHERE notification_id = n.id GROUP BY outcome) per_outcome), '{}'::jsonb)"
+            " WHERE id = CAST(:id AS uuid)",
+            id=notification_id,
+            status=status.value,
+            error=error,
+        )
+        return self.get_notification(notification_id)
+
+    def outcome_counts(self, notification_id: str) -> dict[str, int]:
+        rows = self.run(
+            "SELECT outcome, count(*) FROM deliveries WHERE notification_id = CAST(:id AS uuid)"
+            " GROUP BY outcome",
+            id=notification_id,
+        )
+        return {outcome: int(count) for outcome, count in rows}
+
+    # -- audiences and pages ----------------------------------------------
+
+    def max_attribute_bytes(self, audience_spec: Mapping[str, Any], keys: Sequence[str]) -> int:
+        """The most bytes the given attributes weigh for any one recipient of the audience."""
+        if not keys:
+            return 0
+        audience = Audience(audience_spec)
+        sizes = " + ".join(
+            f"coalesce(octet_length(u.attributes ->> :k{i}), 0)" for i in range(len(keys))
+        )
+        rows = self.run(
+            f"SELECT coalesce(max({sizes}), 0) FROM devices d JOIN users u ON u.id = d.user_id"
+            f" WHERE d.enabled AND {audience.where}",
+            **audience.params,
+            **{f"k{i}": key for i, key in enumerate(keys)},
+        )
+        return int(rows[0][0])
+
+    def plan_pages(
+        self, audience_spec: Mapping[str, Any], page_size: int
+    ) -> list[tuple[PageRef, int]]:
+        """Cut the audience's devices into id ranges of at most `page_size` devices each.
+
+        Returns each page with its device count.
+        """
+        audience = Audience(audience_spec)
+        rows = self.run(
+            "SELECT rn / :size AS page, min(id), max(id), count(*) FROM ("
+            "  SELECT d.id, row_number() OVER (ORDER BY d.id) - 1 AS rn"
+            "  FROM devices d JOIN users u ON u.id = d.user_id"
+            f" WHERE d.enabled AND {audience.where}) numbered"
+            " GROUP BY 1 ORDER BY 1",
+            size=page_size,
+            **audience.params,
+        )
+        return [(PageRef(int(p), int(first), int(last)), int(n)) for p, first, last, n in rows]
+
+    def resolve_page(
+        self, audience_spec: Mapping[str, Any], page: PageRef, attribute_keys: Sequence[str]
+    ) -> list[Recipient]:
+        audience = Audience(audience_spec)
+        keys = list(attribute_keys)
+        rows = self.run(
+            f"SELECT {_RECIPIENT_COLUMNS}, "
+            + ("u.attributes" if keys else "NULL")
+            + " FROM devices d JOIN users u ON u.id = d.user_id"
+            " WHERE d.id BETWEEN :first AND :last AND d.enabled"
+            f" AND {audience.where} ORDER BY d.id",
+            first=page.first_device_id,
+            last=page.last_device_id,
+            **audience.params,
+        )
+        return [
+            Recipient(
+                device_id=row[0],
+                user_id=row[1],
+                platform=row[2],
+                sandbox=row[3],
+                endpoint_arn=row[4],
+                locale=row[5],
+                time_zone=row[6],
+                attributes={k: row[7][k] for k in keys if k in row[7]} if keys else {},
+            )
+            for row in rows
+        ]
+
+    # -- results -----------------------------------------------------------
+
+    def record_deliveries(
+        self, notification_id: str, page: int, results: Iterable[DeliveryResult]
+    ) -> int:
+        """Write a page's rows in bulk; rows already there are kept (a retry adds nothing).
+
+        Devices whose endpoint SNS reported disabled are disabled in the same transaction.
+        Returns the number of new rows.
+        """
+        results = list(results)
+        if not results:
+            return 0
+        body = "".join(
+            f"{r.device_id}\t{r.user_id}\t{r.outcome.value}\t"
+            f"{_copy_text(r.sns_message_id)}\t{_copy_text(r.error)}\n"
+            for r in results
+        )
+        disabled = [r.device_id for r in results if r.outcome is Outcome.ENDPOINT_DISABLED]
+        with self.transaction() as conn:
+            conn.run(
+                "CREATE TEMP TABLE incoming_deliveries (device_id bigint, user_id bigint,"
+                " outcome text, sns_message_id text, error text) ON COMMIT DROP"
+            )
+            conn.run("COPY incoming_deliveries FROM STDIN", stream=[body])
+            conn.run(
+                "INSERT INTO deliveries (notification_id, device_id, user_id, page, outcome,"
+                " sns_message_id, error)"
+                " SELECT CAST(:id AS uuid), device_id, user_id, :page, outcome, sns_message_id,"
+                " error FROM incoming_deliveries"
+                " ON CONFLICT (notification_id, device_id) DO NOTHING",
+                id=notification_id,
+                page=page,
+            )
+            inserted = int(conn.row_count)
+            if disabled:
+                conn.run(
+                    "UPDATE devices SET enabled = false, disabled_at = now(),"
+                    " disabled_reason = 'endpoint_disabled'"
+                    " WHERE id = ANY(CAST(:ids AS bigint[])) AND enabled",
+                    ids=disabled,
+                )
+        return inserted
+
+    def record_page_failure(
+        self, notification_id: str, audience_spec: Mapping[str, Any], page: PageRef, error: str
+    ) -> int:
+        """Every device of a failed page that has no row yet gets a `failed` row."""
+        audience = Audience(audience_spec)
+        with self._session() as conn:
+            conn.run(
+                "INSERT INTO deliveries (notification_id, device_id, user_id, page, outcome,"
+                " error) SELECT CAST(:nid AS uuid), d.id, d.user_id, :page, 'failed', :error"
+                " FROM devices d JOIN users u ON u.id = d.user_id"
+                " WHERE d.id BETWEEN :first AND :last AND d.enabled"
+                f" AND {audience.where}"
+                " ON CONFLICT (notification_id, device_id) DO NOTHING",
+                nid=notification_id,
+                page=page.number,
+                error=error[:1000],
+                first=page.first_device_id,
+                last=page.last_device_id,
+                **audience.params,
+            )
+            return int(conn.row_count)
+
+    def page_deliveries(self, notification_id: str, page: int) -> dict[int, DeliveryResult]:
+        rows = self.run(
+            "SELECT device_id, user_id, outcome, sns_message_id, error FROM deliveries"
+            " WHERE notification_id = CAST(:id AS uuid) AND page = :page",
+            id=notification_id,
+            page=page,
+        )
+        return {
+            row[0]: DeliveryResult(row[0], row[1], Outcome(row[2]), row[3], row[4]) for row in rows
+        }
+
+
+def _copy_text(value: str | None) -> str:
+    """A value in COPY's text format: \\N for NULL, tabs/newlines/backslashes escaped."""
+    if value is None:
+        return "\\N"
+    return (
+        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    )
+
+
+def _params_from_secret(settings: Settings) -> ConnectionParams:
+    """Deployed: host from the template, credentials from Secrets Manager (cached by Powertools)."""
+    from aws_lambda_powertools.utilities import parameters
+
+    arn = settings.require("database_secret_arn")
+    secret: Any = parameters.get_secret(arn, transform="json", max_age=300)
+    return ConnectionParams(
+        user=secret["username"],
+        password=secret["password"],
+        database=settings.database_name,
+        host=settings.require("database_host"),
+        port=settings.database_port,
+        tls=True,
+    )

@@ -1,0 +1,117 @@
+"""The Redis store: the hot, per-recipient state of sends.
+
+Keys are hash-tagged so that every command and script touches one hash slot
+(ElastiCache Serverless runs in cluster mode): a page's dedupe markers live
+in one hash under `{n:<notification>:<page>}`; a user's caps and cached
+preferences under `{u:<user id>}`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+import redis
+from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+
+from pushflow.domain.errors import TransientStoreError
+
+# Long enough for every retry and redrive of a page; short enough that markers
+# of finished sends do not pile up (one hash of ~60 B per device per page).
+DEDUPE_TTL_SECONDS = 48 * 3600
+PENDING = "pending"
+
+# Claim each device of a page for publishing, in one round trip and one slot:
+# returns, per device, "" when claimed now, else what an earlier attempt left
+# ("pending" or the SNS message id).
+_CLAIM = """
+local out = {}
+for i, device in ipairs(ARGV) do
+  if i > 1 then
+    if redis.call('HSETNX', KEYS[1], device, 'pending') == 1 then
+      out[#out + 1] = ''
+    else
+      out[#out + 1] = redis.call('HGET', KEYS[1], device)
+    end
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return out
+"""
+
+
+def page_key(notification_id: str, page: int) -> str:
+    return f"pf:{{n:{notification_id}:{page}}}:sent"
+
+
+class RecipientStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._claim = client.register_script(_CLAIM)
+
+    @classmethod
+    def from_url(cls, url: str) -> RecipientStore:
+        # One client, one connection pool, shared by threads (redis-py is thread-safe).
+        return cls(
+            redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_timeout=5,
+                socket_connect_timeout=5,
+                health_check_interval=30,
+            )
+        )
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._redis
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (ConnectionError, TimeoutError, BusyLoadingError) as error:
+            raise TransientStoreError(f"Redis: {error}") from error
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def ping(self) -> bool:
+        with self._errors():
+            return bool(self._redis.ping())
+
+    # -- exactly-once publishing ------------------------------------------
+
+    def claim(
+        self, notification_id: str, page: int, device_ids: Sequence[int]
+    ) -> dict[int, str | None]:
+        """Claim devices for publishing: None where claimed now, else the earlier marker."""
+        if not device_ids:
+            return {}
+        with self._errors():
+            previous: list[str] = self._claim(
+                keys=[page_key(notification_id, page)],
+                args=[DEDUPE_TTL_SECONDS, *device_ids],
+            )
+        return {device: (value or None) for device, value in zip(device_ids, previous, strict=True)}
+
+    def settle(
+        self,
+        notification_id: str,
+        page: int,
+        sent: Mapping[int, str],
+        released: Sequence[int] = (),
+    ) -> None:
+        """Mark published devices with their message id; release the ones to retry."""
+        key = page_key(notification_id, page)
+        with self._errors():
+            pipe = self._redis.pipeline(transaction=True)
+            if sent:
+                pipe.hset(key, mapping={str(d): m for d, m in sent.items()})
+            if released:
+                pipe.hdel(key, *[str(d) for d in released])
+            pipe.execute()
+
+    def markers(self, notification_id: str, page: int) -> dict[int, str]:
+        with self._errors():
+            raw: dict[str, str] = self._redis.hgetall(page_key(notification_id, page))
+        return {int(device): value for device, value in raw.items()}

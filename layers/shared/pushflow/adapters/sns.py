@@ -1,0 +1,101 @@
+"""The SNS publisher: one Publish per platform endpoint, bounded concurrency.
+
+SNS's PublishBatch takes topics only, so a page is published endpoint by
+endpoint on a small thread pool. Each answer is classified into what the send
+does next: sent, endpoint disabled, retry later (throttled or a 5xx), or a
+permanent failure with its error code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+_THROTTLED = frozenset({"Throttling", "ThrottlingException", "ThrottledException", "KMSThrottling"})
+_ENDPOINT_GONE = frozenset({"EndpointDisabled"})
+_RETRYABLE = frozenset({"InternalError", "InternalFailure", "ServiceUnavailable"})
+
+
+class PublishStatus(StrEnum):
+    SENT = "sent"
+    ENDPOINT_DISABLED = "endpoint_disabled"
+    THROTTLED = "throttled"
+    RETRYABLE = "retryable"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class PushMessage:
+    device_id: int
+    endpoint_arn: str
+    message: str  # the SNS JSON message (MessageStructure=json)
+    attributes: Mapping[str, Mapping[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOutcome:
+    device_id: int
+    status: PublishStatus
+    message_id: str | None = None
+    error: str | None = None
+
+
+def classify(device_id: int, error: Exception) -> PublishOutcome:
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", "Unknown"))
+        status_code = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        if code in _ENDPOINT_GONE:
+            return PublishOutcome(device_id, PublishStatus.ENDPOINT_DISABLED, error=code)
+        if code in _THROTTLED or status_code == 429:
+            return PublishOutcome(device_id, PublishStatus.THROTTLED, error=code)
+        if code in _RETRYABLE or status_code >= 500:
+            return PublishOutcome(device_id, PublishStatus.RETRYABLE, error=code)
+        return PublishOutcome(device_id, PublishStatus.FAILED, error=code)
+    if isinstance(error, BotoCoreError | ConnectionError | TimeoutError):
+        return PublishOutcome(device_id, PublishStatus.RETRYABLE, error=type(error).__name__)
+    raise error
+
+
+class SnsPublisher:
+    def __init__(self, client: Any, concurrency: int = 32) -> None:
+        self._client = client
+        self._concurrency = concurrency
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="publish")
+        return self._pool
+
+    def _publish_one(self, push: PushMessage) -> PublishOutcome:
+        try:
+            response = self._client.publish(
+                TargetArn=push.endpoint_arn,
+                Message=push.message,
+                MessageStructure="json",
+                MessageAttributes=dict(push.attributes),
+            )
+        except Exception as error:
+            return classify(push.device_id, error)
+        return PublishOutcome(push.device_id, PublishStatus.SENT, message_id=response["MessageId"])
+
+    def publish(self, pushes: Sequence[PushMessage]) -> list[PublishOutcome]:
+        """Publish a page; outcomes in the order of `pushes`."""
+        if not pushes:
+            return []
+        return list(self._executor().map(self._publish_one, pushes))
+
+    # -- endpoints (device registration) ----------------------------------
+
+    def create_endpoint(self, platform_application_arn: str, token: str, user_data: str) -> str:
+        response = self._client.create_platform_endpoint(
+            PlatformApplicationArn=platform_application_arn,
+            Token=token,
+            CustomUserData=user_data,
+        )
+        return str(response["EndpointArn"])

@@ -1,0 +1,87 @@
+"""Configuration: read from the environment once, validated at cold start.
+
+Deployed, the database is named by host/port/name and its credentials live
+in Secrets Manager (DATABASE_SECRET_ARN). Locally, or against any other
+server, DATABASE_URL and REDIS_URL name the servers directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class ConfigurationError(RuntimeError):
+    """A required variable is missing or malformed; names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None
+    database_host: str | None
+    database_port: int
+    database_name: str
+    database_secret_arn: str | None
+    redis_url: str
+    page_size: int
+    page_plan_bucket: str | None
+    map_concurrency: int
+    publish_concurrency: int
+    state_machine_arn: str | None
+    apns_platform_application_arn: str | None
+    apns_sandbox_platform_application_arn: str | None
+    fcm_platform_application_arn: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def text(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        def required(name: str) -> str:
+            value = text(name)
+            if value is None:
+                raise ConfigurationError(f"environment variable {name} is not set")
+            return value
+
+        def number(name: str, default: int, low: int, high: int) -> int:
+            raw = text(name)
+            if raw is None:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
+            if not low <= value <= high:
+                raise ConfigurationError(f"{name} must be between {low} and {high}, got {value}")
+            return value
+
+        database_url = text("DATABASE_URL")
+        if database_url is None and text("DATABASE_HOST") is None:
+            raise ConfigurationError("set DATABASE_URL, or DATABASE_HOST with DATABASE_SECRET_ARN")
+        return cls(
+            database_url=database_url,
+            database_host=text("DATABASE_HOST"),
+            database_port=number("DATABASE_PORT", 5432, 1, 65535),
+            database_name=text("DATABASE_NAME") or "pushflow",
+            database_secret_arn=text("DATABASE_SECRET_ARN"),
+            redis_url=required("REDIS_URL"),
+            page_size=number("PAGE_SIZE", 500, 10, 1000),
+            page_plan_bucket=text("PAGE_PLAN_BUCKET"),
+            map_concurrency=number("MAP_CONCURRENCY", 40, 1, 10000),
+            publish_concurrency=number("PUBLISH_CONCURRENCY", 32, 1, 256),
+            state_machine_arn=text("STATE_MACHINE_ARN"),
+            apns_platform_application_arn=text("APNS_PLATFORM_APPLICATION_ARN"),
+            apns_sandbox_platform_application_arn=text("APNS_SANDBOX_PLATFORM_APPLICATION_ARN"),
+            fcm_platform_application_arn=text("FCM_PLATFORM_APPLICATION_ARN"),
+        )
+
+    def require(self, name: str) -> str:
+        """A setting this function cannot work without (e.g. the bucket for Prepare)."""
+        value = getattr(self, name)
+        if not value:
+            raise ConfigurationError(f"environment variable {name.upper()} is not set")
+        return str(value)

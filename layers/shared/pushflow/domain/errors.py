@@ -1,0 +1,59 @@
+"""Domain errors.
+
+The class names are part of the contract with the state machine: the ASL
+retries and catches by exception name (never by message), so renaming one
+means changing `statemachines/send_notification.asl.json` too.
+"""
+
+from __future__ import annotations
+
+
+class PushflowError(Exception):
+    """Base of every error Pushflow raises on purpose."""
+
+
+class InvalidRequest(PushflowError):
+    """Input that can never succeed; answered with a 4xx naming the field."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_dict(self) -> dict[str, str]:
+        body = {"error": "invalid_request", "message": self.message}
+        if self.field:
+            body["field"] = self.field
+        return body
+
+
+class NotFound(PushflowError):
+    """The thing asked for does not exist (or is not the caller's)."""
+
+
+class Conflict(PushflowError):
+    """The request contradicts what already happened (e.g. an idempotency key reused)."""
+
+
+class TransientError(PushflowError):
+    """Worth retrying: the ASL retries subclasses with backoff."""
+
+
+class TransientDatabaseError(TransientError):
+    """PostgreSQL could not be reached or dropped the connection."""
+
+
+class TransientStoreError(TransientError):
+    """Redis could not be reached or timed out."""
+
+
+class ThrottledError(TransientError):
+    """SNS throttled part of a page; what went out is recorded, the rest is retried."""
+
+
+class PublishError(TransientError):
+    """SNS failed in a way that is worth retrying (5xx, connection reset)."""
+
+
+class RetriesExhausted(PushflowError):
+    """A page could not be completed; raised so the ASL's Catch records it."""

@@ -1,0 +1,212 @@
+"""What flows between the states of a send.
+
+Every event a task receives and every result it returns is one of these
+shapes, so the ASL, the handlers and the sample events in `events/` agree on
+one vocabulary. They are plain dataclasses with explicit (de)serialisation:
+the payloads are small and hot, and a parser library would cost more than it
+checks here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Outcome(StrEnum):
+    """The one final outcome a device gets for a send (the `deliveries.outcome` column)."""
+
+    SENT = "sent"
+    OPTED_OUT = "opted_out"
+    QUIET_HOURS = "quiet_hours"
+    DEFERRED = "deferred"
+    CAPPED = "capped"
+    DUPLICATE = "duplicate"
+    ENDPOINT_DISABLED = "endpoint_disabled"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class NotificationStatus(StrEnum):
+    ACCEPTED = "accepted"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    COMPLETED_WITH_FAILURES = "completed_with_failures"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATUSES = frozenset(
+    {
+        NotificationStatus.COMPLETED,
+        NotificationStatus.COMPLETED_WITH_FAILURES,
+        NotificationStatus.FAILED,
+        NotificationStatus.CANCELLED,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PageRef:
+    """One page of the audience: an inclusive range of device ids (keyset pagination)."""
+
+    number: int
+    first_device_id: int
+    last_device_id: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "number": self.number,
+            "first_device_id": self.first_device_id,
+            "last_device_id": self.last_device_id,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> PageRef:
+        return cls(int(raw["number"]), int(raw["first_device_id"]), int(raw["last_device_id"]))
+
+    def key(self) -> str:
+        """The page as the last part of an S3 key: `00000042_1001-1500`."""
+        return f"{self.number:08d}_{self.first_device_id}-{self.last_device_id}"
+
+    @classmethod
+    def from_key(cls, key: str) -> PageRef:
+        name = key.rsplit("/", 1)[-1]
+        try:
+            number, bounds = name.split("_", 1)
+            first, last = bounds.split("-", 1)
+            return cls(int(number), int(first), int(last))
+        except ValueError:
+            raise ValueError(f"not a page key: {key!r}") from None
+
+    @classmethod
+    def from_event(cls, event: Mapping[str, Any]) -> PageRef:
+        """The page of a task's event: resolved already, or still the plan's S3 key."""
+        if "page" in event:
+            return cls.from_dict(event["page"])
+        return cls.from_key(str(event["page_key"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One device to push to, with what the send needs to know about its user."""
+
+    device_id: int
+    user_id: int
+    platform: str
+    sandbox: bool
+    endpoint_arn: str
+    locale: str
+    time_zone: str
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        raw: dict[str, Any] = {
+            "device_id": self.device_id,
+            "user_id": self.user_id,
+            "platform": self.platform,
+            "sandbox": self.sandbox,
+            "endpoint_arn": self.endpoint_arn,
+            "locale": self.locale,
+            "time_zone": self.time_zone,
+        }
+        if self.attributes:
+            raw["attributes"] = dict(self.attributes)
+        return raw
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Recipient:
+        return cls(
+            device_id=int(raw["device_id"]),
+            user_id=int(raw["user_id"]),
+            platform=str(raw["platform"]),
+            sandbox=bool(raw["sandbox"]),
+            endpoint_arn=str(raw["endpoint_arn"]),
+            locale=str(raw["locale"]),
+            time_zone=str(raw["time_zone"]),
+            attributes=raw.get("attributes") or {},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """What happened to one recipient; becomes one row in `deliveries`."""
+
+    device_id: int
+    user_id: int
+    outcome: Outcome
+    sns_message_id: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        raw: dict[str, Any] = {
+            "device_id": self.device_id,
+            "user_id": self.user_id,
+            "outcome": self.outcome.value,
+        }
+        if self.sns_message_id is not None:
+            raw["sns_message_id"] = self.sns_message_id
+        if self.error is not None:
+            raw["error"] = self.error
+        return raw
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> DeliveryResult:
+        return cls(
+            device_id=int(raw["device_id"]),
+            user_id=int(raw["user_id"]),
+            outcome=Outcome(raw["outcome"]),
+            sns_message_id=raw.get("sns_message_id"),
+            error=raw.get("error"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A send as stored: the validated request and where it stands."""
+
+    id: str
+    category: str
+    request: Mapping[str, Any]
+    status: NotificationStatus
+    counts: Mapping[str, int] = field(default_factory=dict)
+    recipient_count: int | None = None
+    page_count: int | None = None
+    execution_arn: str | None = None
+    error: str | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+
+    @property
+    def audience(self) -> Mapping[str, Any]:
+        audience: Mapping[str, Any] = self.request["audience"]
+        return audience
+
+    @property
+    def content(self) -> Mapping[str, Any]:
+        content: Mapping[str, Any] = self.request["content"]
+        return content
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "notification_id": self.id,
+            "category": self.category,
+            "status": self.status.value,
+            "counts": dict(self.counts),
+            "recipient_count": self.recipient_count,
+            "page_count": self.page_count,
+            "execution_arn": self.execution_arn,
+            "error": self.error,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "completed_at": self.completed_at,
+        }
+
+
+def page_event(notification_id: str, page: PageRef, **rest: Any) -> dict[str, Any]:
+    """The state every task of one page receives and returns, plus its own fields."""
+    return {"notification_id": notification_id, "page": page.to_dict(), **rest}

@@ -1,0 +1,327 @@
+"""The steps of a send, one function per state of the state machine.
+
+Each takes the event its state receives and the ports it needs, and returns
+what the next state receives. The handlers in `functions/` only wire these
+to Lambda; the rules live here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pushflow.domain.categories import category as lookup_category
+from pushflow.domain.content import ContentError, compile_content, placeholders, validate_content
+from pushflow.domain.errors import ThrottledError
+from pushflow.domain.models import (
+    DeliveryResult,
+    Notification,
+    NotificationStatus,
+    Outcome,
+    PageRef,
+    Recipient,
+    page_event,
+)
+from pushflow.domain.paging import page_size_for
+from pushflow.domain.payloads import build_sns_message, check_content_fits
+from pushflow.domain.ports import (
+    NotificationRepository,
+    PagePlans,
+    PublishMarkers,
+    WorkflowStarter,
+)
+
+# What a publish marker says an earlier attempt of the same page left behind.
+PENDING = "pending"
+_FAILED_PREFIX = "failed:"
+_DISABLED_PREFIX = "disabled:"
+
+
+def execution_name(notification_id: str) -> str:
+    """One execution per notification: starting it twice is a no-op (names are unique)."""
+    return f"send-{notification_id}"
+
+
+# -- API: accepting a send ----------------------------------------------------
+
+
+def check_request(request: Mapping[str, Any]) -> None:
+    """Rules beyond the JSON Schema; raise InvalidRequest naming the field."""
+    lookup_category(request["category"])
+    validate_content(request["content"])
+    check_content_fits(request["content"])
+
+
+def submit(
+    request: Mapping[str, Any],
+    repository: NotificationRepository,
+    workflow: WorkflowStarter,
+    idempotency_key: str | None = None,
+) -> tuple[Notification, bool]:
+    """Store a validated send and start its execution; idempotent by key.
+
+    Returns (notification, created). Nothing is written unless the request is
+    valid; a repeated key with the same request starts nothing new.
+    """
+    check_request(request)
+    notification, created = repository.create_notification(
+        request, request["category"], NotificationStatus.ACCEPTED, idempotency_key
+    )
+    if notification.execution_arn is None:
+        # Also on a retry after a start that failed: the name makes it start once.
+        arn = workflow.start(execution_name(notification.id), notification.id)
+        repository.set_execution(notification.id, arn)
+        notification = repository.get_notification(notification.id)
+    return notification, created
+
+
+# -- Prepare ------------------------------------------------------------------
+
+
+def prepare(
+    event: Mapping[str, Any],
+    repository: NotificationRepository,
+    page_plans: PagePlans,
+    configured_page_size: int,
+    max_concurrency: int,
+) -> dict[str, Any]:
+    notification = repository.get_notification(event["notification_id"])
+    execution_arn = str(event.get("execution_arn") or "")
+    summary: dict[str, Any] = {
+        "notification_id": notification.id,
+        "execution_arn": execution_arn,
+        "page_count": 0,
+        "recipient_count": 0,
+        "max_concurrency": max_concurrency,
+    }
+    if notification.status is NotificationStatus.CANCELLED:
+        return summary
+    keys = sorted(placeholders(notification.content))
+    attribute_bytes = repository.max_attribute_bytes(notification.audience, keys)
+    page_size = page_size_for(configured_page_size, attribute_bytes, len(keys))
+    pages = repository.plan_pages(notification.audience, page_size)
+    recipient_count = sum(count for _, count in pages)
+    if pages:
+        run = execution_arn.rsplit(":", 1)[-1] or "manual"
+        summary["page_plan"] = page_plans.write(notification.id, run, [p for p, _ in pages])
+    summary.update(page_count=len(pages), recipient_count=recipient_count, page_size=page_size)
+    repository.mark_running(notification.id, execution_arn, recipient_count, len(pages))
+    return summary
+
+
+# -- ResolveRecipients ----------------------------------------------------------
+
+
+def resolve(event: Mapping[str, Any], repository: NotificationRepository) -> dict[str, Any]:
+    notification = repository.get_notification(event["notification_id"])
+    page = PageRef.from_event(event)
+    keys = sorted(placeholders(notification.content))
+    recipients = repository.resolve_page(notification.audience, page, keys)
+    return page_event(notification.id, page, recipients=[r.to_dict() for r in recipients])
+
+
+# -- FilterRecipients -----------------------------------------------------------
+
+
+def filter_recipients(event: Mapping[str, Any]) -> dict[str, Any]:
+    """Every recipient passes (the Redis rules come with "Delivery rules")."""
+    return page_event(
+        event["notification_id"],
+        PageRef.from_event(event),
+        recipients=list(event["recipients"]),
+        filtered=[],
+    )
+
+
+# -- PublishBatch ---------------------------------------------------------------
+
+
+def _from_marker(recipient: Recipient, marker: str) -> DeliveryResult:
+    """The result an earlier attempt of this page already reached for a device."""
+    if marker == PENDING:
+        # The earlier attempt stopped between claiming and settling: SNS may
+        # have delivered. At most once: never push again, record the doubt.
+        return DeliveryResult(
+            recipient.device_id,
+            recipient.user_id,
+            Outcome.FAILED,
+            error="outcome unknown: an earlier attempt stopped while publishing",
+        )
+    if marker.startswith(_DISABLED_PREFIX):
+        return DeliveryResult(
+            recipient.device_id,
+            recipient.user_id,
+            Outcome.ENDPOINT_DISABLED,
+            error=marker.removeprefix(_DISABLED_PREFIX),
+        )
+    if marker.startswith(_FAILED_PREFIX):
+        return DeliveryResult(
+            recipient.device_id,
+            recipient.user_id,
+            Outcome.FAILED,
+            error=marker.removeprefix(_FAILED_PREFIX),
+        )
+    return DeliveryResult(recipient.device_id, recipient.user_id, Outcome.SENT, marker)
+
+
+def publish(
+    event: Mapping[str, Any],
+    repository: NotificationRepository,
+    markers: PublishMarkers,
+    publisher: Any,
+) -> dict[str, Any]:
+    """Publish a page once per device, whatever retries happen.
+
+    Each device is claimed in Redis before its push and settled after. On
+    throttling or an SNS 5xx, what went out is recorded in PostgreSQL and
+    ThrottledError is raised: the ASL retries the page, and the retry pushes
+    only the devices that were released.
+    """
+    from pushflow.adapters.sns import PublishStatus, PushMessage
+
+    notification = repository.get_notification(event["notification_id"])
+    page = PageRef.from_event(event)
+    recipients = [Recipient.from_dict(raw) for raw in event["recipients"]]
+    results = [DeliveryResult.from_dict(raw) for raw in event.get("filtered", ())]
+
+    if notification.status is NotificationStatus.CANCELLED:
+        results += [
+            DeliveryResult(r.device_id, r.user_id, Outcome.CANCELLED) for r in recipients
+        ]
+        return page_event(notification.id, page, results=[r.to_dict() for r in results])
+
+    claims = markers.claim(notification.id, page.number, [r.device_id for r in recipients])
+    content = compile_content(notification.content)
+    pushes: list[PushMessage] = []
+    by_device: dict[int, Recipient] = {}
+    settled: dict[int, str] = {}
+    for recipient in recipients:
+        earlier = claims[recipient.device_id]
+        if earlier is not None:
+            results.append(_from_marker(recipient, earlier))
+            continue
+        try:
+            rendered = content.render(recipient.locale, recipient.attributes)
+            message = build_sns_message(rendered, recipient.platform, recipient.sandbox)  # type: ignore[arg-type]
+        except ContentError as error:
+            settled[recipient.device_id] = f"{_FAILED_PREFIX}{error.message}"
+            results.append(
+                DeliveryResult(
+                    recipient.device_id, recipient.user_id, Outcome.FAILED, error=error.message
+                )
+            )
+            continue
+        by_device[recipient.device_id] = recipient
+        pushes.append(
+            PushMessage(
+                recipient.device_id,
+                recipient.endpoint_arn,
+                message.message,
+                message.message_attributes,
+            )
+        )
+
+    released: list[int] = []
+    for outcome in publisher.publish(pushes):
+        recipient = by_device[outcome.device_id]
+        if outcome.status is PublishStatus.SENT:
+            settled[outcome.device_id] = outcome.message_id
+            results.append(
+                DeliveryResult(
+                    recipient.device_id, recipient.user_id, Outcome.SENT, outcome.message_id
+                )
+            )
+        elif outcome.status is PublishStatus.ENDPOINT_DISABLED:
+            settled[outcome.device_id] = f"{_DISABLED_PREFIX}{outcome.error}"
+            results.append(
+                DeliveryResult(
+                    recipient.device_id,
+                    recipient.user_id,
+                    Outcome.ENDPOINT_DISABLED,
+                    error=outcome.error,
+                )
+            )
+        elif outcome.status is PublishStatus.FAILED:
+            settled[outcome.device_id] = f"{_FAILED_PREFIX}{outcome.error}"
+            results.append(
+                DeliveryResult(
+                    recipient.device_id, recipient.user_id, Outcome.FAILED, error=outcome.error
+                )
+            )
+        else:
+            released.append(outcome.device_id)
+    markers.settle(notification.id, page.number, settled, released)
+
+    if released:
+        # Make what went out durable before asking for the retry.
+        repository.record_deliveries(notification.id, page.number, results)
+        raise ThrottledError(
+            f"{len(released)} of {len(recipients)} pushes throttled or failed transiently;"
+            f" {len(settled)} settled and recorded, the rest is retried"
+        )
+    return page_event(notification.id, page, results=[r.to_dict() for r in results])
+
+
+# -- RecordResults / RecordPageFailure / Finalize -------------------------------
+
+
+def record(event: Mapping[str, Any], repository: NotificationRepository) -> dict[str, Any]:
+    page = PageRef.from_event(event)
+    results = [DeliveryResult.from_dict(raw) for raw in event["results"]]
+    inserted = repository.record_deliveries(event["notification_id"], page.number, results)
+    return page_event(event["notification_id"], page, recorded=inserted)
+
+
+def describe_error(error: Mapping[str, Any] | None) -> str:
+    if not error:
+        return "unknown error"
+    cause = str(error.get("Cause") or "")
+    try:
+        import json
+
+        parsed = json.loads(cause)
+        if isinstance(parsed, dict):
+            cause = str(parsed.get("errorMessage") or cause)
+    except ValueError:
+        pass
+    return f"{error.get('Error', 'Error')}: {cause}"[:1000]
+
+
+def record_page_failure(
+    event: Mapping[str, Any], repository: NotificationRepository
+) -> dict[str, Any]:
+    notification = repository.get_notification(event["notification_id"])
+    page = PageRef.from_event(event)
+    failed = repository.record_page_failure(
+        notification.id, notification.audience, page, describe_error(event.get("error"))
+    )
+    return page_event(notification.id, page, failed=failed)
+
+
+def final_status(notification: Notification, counts: Mapping[str, int]) -> NotificationStatus:
+    if notification.status is NotificationStatus.CANCELLED:
+        return NotificationStatus.CANCELLED
+    failed = counts.get(Outcome.FAILED.value, 0)
+    total = sum(counts.values())
+    if failed and failed == total:
+        return NotificationStatus.FAILED
+    if failed:
+        return NotificationStatus.COMPLETED_WITH_FAILURES
+    return NotificationStatus.COMPLETED
+
+
+def finalize(event: Mapping[str, Any], repository: NotificationRepository) -> Notification:
+    notification = repository.get_notification(event["notification_id"])
+    if event.get("error"):
+        return repository.finish(
+            notification.id, NotificationStatus.FAILED, describe_error(event["error"])
+        )
+    counts = repository.outcome_counts(notification.id)
+    return repository.finish(notification.id, final_status(notification, counts))
+
+
+def outcome_totals(results: Sequence[DeliveryResult]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for result in results:
+        totals[result.outcome.value] = totals.get(result.outcome.value, 0) + 1
+    return totals

@@ -1,0 +1,75 @@
+"""The adapters a function uses, built lazily from Settings and reusable.
+
+Tests build a Services with their own settings (or their own adapters);
+nothing here connects until an adapter is first asked for.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from pushflow.config import Settings
+
+if TYPE_CHECKING:
+    from pushflow.adapters.page_plans import PagePlanStore
+    from pushflow.adapters.postgres import Repository
+    from pushflow.adapters.redis_store import RecipientStore
+    from pushflow.adapters.sns import SnsPublisher
+    from pushflow.adapters.workflow import Workflow
+
+
+class Services:
+    def __init__(self, settings: Settings, boto_session: Any | None = None) -> None:
+        self.settings = settings
+        self._boto_session = boto_session
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls) -> Services:
+        return cls(Settings.from_env())
+
+    def _client(self, service: str) -> Any:
+        import boto3
+
+        # Clients are thread-safe; sessions are not, so build under a lock.
+        with self._lock:
+            session = self._boto_session or boto3.session.Session()
+            return session.client(service)
+
+    @cached_property
+    def repository(self) -> Repository:
+        from pushflow.adapters.postgres import Repository
+
+        return Repository.from_settings(self.settings)
+
+    @cached_property
+    def store(self) -> RecipientStore:
+        from pushflow.adapters.redis_store import RecipientStore
+
+        return RecipientStore.from_url(self.settings.redis_url)
+
+    @cached_property
+    def publisher(self) -> SnsPublisher:
+        from pushflow.adapters.sns import SnsPublisher
+
+        return SnsPublisher(self._client("sns"), concurrency=self.settings.publish_concurrency)
+
+    @cached_property
+    def page_plans(self) -> PagePlanStore:
+        from pushflow.adapters.page_plans import PagePlanStore
+
+        return PagePlanStore(self._client("s3"), self.settings.require("page_plan_bucket"))
+
+    @cached_property
+    def workflow(self) -> Workflow:
+        from pushflow.adapters.workflow import Workflow
+
+        return Workflow(self._client("stepfunctions"), self.settings.require("state_machine_arn"))
+
+    def close(self) -> None:
+        if "repository" in self.__dict__:
+            self.repository.close()
+        if "store" in self.__dict__:
+            self.store.close()
