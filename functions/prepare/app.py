@@ -1,0 +1,20 @@
+"""Prepare: mark the send running and write its page plan (state `Prepare`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pushflow.domain import sending
+from pushflow.handler import task
+from pushflow.services import Services
+
+
+@task
+def lambda_handler(event: dict[str, Any], services: Services) -> dict[str, Any]:
+    return sending.prepare(
+        event,
+        services.repository,
+        services.page_plans,
+        configured_page_size=services.settings.page_size,
+        max_concurrency=services.settings.map_concurrency,
+    )

@@ -1,0 +1,14 @@
+"""RecordResults: write one page's delivery rows in bulk."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pushflow.domain import sending
+from pushflow.handler import task
+from pushflow.services import Services
+
+
+@task
+def lambda_handler(event: dict[str, Any], services: Services) -> dict[str, Any]:
+    return sending.record(event, services.repository)
