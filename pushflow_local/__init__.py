@@ -1,0 +1,1 @@
+"""Pushflow's local runtime: the same template, ASL and handlers, without AWS or Docker."""

@@ -1,0 +1,399 @@
+"""The local runtime: template.yaml's resources in moto, the real ASL executed.
+
+It starts (or connects to) PostgreSQL and Redis, applies the migrations,
+creates in moto what the template declares (functions, the page-plan bucket,
+the state machine with its DefinitionSubstitutions, SNS platform
+applications), and runs each Lambda invoke as an in-process call of the real
+handler. Exceptions travel back to the interpreter as Lambda function errors
+named by their class, so the ASL's Retry and Catch behave as deployed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import logging
+import os
+import threading
+import time
+import traceback
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import boto3
+
+from pushflow_local.servers import LocalServers
+from pushflow_local.template import REPO_ROOT, FunctionSpec, Resolver, Template
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+STACK = "pushflow-local"
+MIGRATIONS_DIR = REPO_ROOT / "migrations"
+PLATFORMS = {
+    "ApnsPlatformApplicationArn": ("pushflow-ios", "APNS"),
+    "ApnsSandboxPlatformApplicationArn": ("pushflow-ios-sandbox", "APNS_SANDBOX"),
+    "FcmPlatformApplicationArn": ("pushflow-android", "GCM"),
+}
+
+
+@dataclass
+class LambdaContext:
+    """What Lambda passes as `context`, enough for Powertools."""
+
+    function_name: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int = 512
+    function_version: str = "$LATEST"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    log_group_name: str = ""
+    log_stream_name: str = ""
+    deadline: float = field(default_factory=lambda: time.monotonic() + 60)
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+@dataclass
+class LocalFunction:
+    spec: FunctionSpec
+    name: str
+    arn: str
+    _module: ModuleType | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def handler(self) -> Callable[[Any, Any], Any]:
+        module_name, attribute = self.spec.handler.rsplit(".", 1)
+        with self._lock:
+            if self._module is None:
+                path = self.spec.code_dir / f"{module_name.replace('.', '/')}.py"
+                spec = importlib.util.spec_from_file_location(
+                    f"pushflow_functions.{self.spec.code_dir.name}", path
+                )
+                assert spec is not None and spec.loader is not None
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                self._module = module
+        handler: Callable[[Any, Any], Any] = getattr(self._module, attribute)
+        return handler
+
+    def invoke(self, event: Any) -> Any:
+        context = LambdaContext(
+            self.name, self.arn, deadline=time.monotonic() + self.spec.timeout
+        )
+        return self.handler()(event, context)
+
+
+class _ScaledSleep:
+    """Stands in for `time` in moto's retrier so Retry intervals can be shortened."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    def sleep(self, seconds: float) -> None:
+        if self.scale > 0:
+            time.sleep(seconds * self.scale)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+class LocalRuntime:
+    """Use as a context manager; everything it started is stopped on exit."""
+
+    def __init__(
+        self,
+        template_path: Path | None = None,
+        database_url: str | None = None,
+        redis_url: str | None = None,
+        parameters: Mapping[str, str] | None = None,
+        retry_sleep_scale: float = 1.0,
+        log_path: Path | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.template = Template(template_path) if template_path else Template()
+        self._database_url = database_url
+        self._redis_url = redis_url
+        self._parameter_overrides = dict(parameters or {})
+        self.retry_sleep_scale = retry_sleep_scale
+        self.log_path = log_path
+        self._progress = progress or (lambda message: None)
+        self._stack = contextlib.ExitStack()
+        self.functions: dict[str, LocalFunction] = {}
+        self.by_name: dict[str, LocalFunction] = {}
+        self.parameters: dict[str, str] = {}
+        self.environment: dict[str, str] = {}
+        self.state_machine_arn = ""
+        self.platform_applications: dict[str, str] = {}
+        self.servers: LocalServers | None = None
+        self.failures: dict[str, list[BaseException]] = {}
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def __enter__(self) -> LocalRuntime:
+        try:
+            self.start()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def start(self) -> None:
+        self._progress("starting PostgreSQL and Redis")
+        self.servers = LocalServers.start(self._database_url, self._redis_url)
+        self._stack.callback(self.servers.stop)
+        self._start_moto()
+        self._progress("creating the stack's resources in moto")
+        self._create_resources()
+        self._install_environment()
+        self._progress("applying migrations")
+        self.services.repository.migrate(MIGRATIONS_DIR)
+
+    def _start_moto(self) -> None:
+        from moto import mock_aws
+        from moto.awslambda_simple.models import LambdaSimpleBackend
+        from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
+        }.items():
+            self._set_env(name, value)
+        mock = mock_aws(
+            config={
+                "stepfunctions": {"execute_state_machine": True},
+                "lambda": {"use_docker": False},
+            }
+        )
+        mock.start()
+        self._stack.callback(mock.stop)
+
+        runtime = self
+
+        def invoke(
+            backend: Any, function_name: str, qualifier: Any, body: Any, headers: Any,
+            response_headers: dict[str, str],
+        ) -> bytes:
+            return runtime._invoke(function_name, body, response_headers)
+
+        original_invoke = LambdaSimpleBackend.invoke
+        LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
+        self._stack.callback(setattr, LambdaSimpleBackend, "invoke", original_invoke)
+        original_time = retrier_decl.time
+        retrier_decl.time = _ScaledSleep(self.retry_sleep_scale)  # type: ignore[assignment]
+        self._stack.callback(setattr, retrier_decl, "time", original_time)
+
+    def _set_env(self, name: str, value: str) -> None:
+        previous = os.environ.get(name)
+        os.environ[name] = value
+        if previous is None:
+            self._stack.callback(os.environ.pop, name, None)
+        else:
+            self._stack.callback(os.environ.__setitem__, name, previous)
+
+    # -- resources ---------------------------------------------------------
+
+    def client(self, service: str) -> Any:
+        return boto3.client(service, region_name=REGION)
+
+    def _create_resources(self) -> None:
+        assert self.servers is not None
+        iam = self.client("iam")
+        role = iam.create_role(
+            RoleName=f"{STACK}-role",
+            AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
+        )["Role"]["Arn"]
+
+        sns = self.client("sns")
+        for parameter, (name, platform) in PLATFORMS.items():
+            self.platform_applications[platform] = sns.create_platform_application(
+                Name=name,
+                Platform=platform,
+                Attributes={"PlatformCredential": "local", "PlatformPrincipal": "local"},
+            )["PlatformApplicationArn"]
+            self.parameters[parameter] = self.platform_applications[platform]
+
+        refs: dict[str, str] = {}
+        attributes: dict[tuple[str, str], str] = {}
+        s3 = self.client("s3")
+        for logical_id in self.template.resource_ids("AWS::S3::Bucket"):
+            bucket = f"{STACK}-{logical_id.lower()}"
+            s3.create_bucket(Bucket=bucket)
+            refs[logical_id] = bucket
+            attributes[(logical_id, "Arn")] = f"arn:aws:s3:::{bucket}"
+
+        code = io.BytesIO()
+        with zipfile.ZipFile(code, "w") as archive:
+            archive.writestr("README", "local mode runs the handler in-process")
+        lambda_client = self.client("lambda")
+        for spec in self.template.functions():
+            name = f"{STACK}-{spec.logical_id}"
+            arn = lambda_client.create_function(
+                FunctionName=name,
+                Runtime="python3.11",
+                Role=role,
+                Handler=spec.handler,
+                Code={"ZipFile": code.getvalue()},
+                Timeout=spec.timeout,
+            )["FunctionArn"]
+            function = LocalFunction(spec, name, arn)
+            self.functions[spec.logical_id] = self.by_name[name] = function
+            refs[spec.logical_id] = name
+            attributes[(spec.logical_id, "Arn")] = arn
+
+        self.parameters.update(
+            {**self.template.parameter_defaults(), **self.parameters, **self._parameter_overrides}
+        )
+        self.parameters["RedisUrl"] = self.servers.redis_url
+        pseudo = {
+            "AWS::StackName": STACK,
+            "AWS::Region": REGION,
+            "AWS::AccountId": ACCOUNT,
+            "AWS::Partition": "aws",
+            "AWS::URLSuffix": "amazonaws.com",
+            "AWS::NoValue": "",
+        }
+        sfn = self.client("stepfunctions")
+        for machine in self.template.state_machines():
+            resolver = Resolver(self.template, self.parameters, refs, attributes, pseudo)
+            definition = machine.definition_path.read_text()
+            for name, value in resolver.resolve(dict(machine.substitutions)).items():
+                definition = definition.replace("${" + name + "}", str(value))
+            arn = sfn.create_state_machine(
+                name=f"{STACK}-{machine.logical_id}", definition=definition, roleArn=role
+            )["stateMachineArn"]
+            refs[machine.logical_id] = arn
+            self.state_machine_arn = arn
+        self.resolver = Resolver(self.template, self.parameters, refs, attributes, pseudo)
+
+    def _install_environment(self) -> None:
+        """Set the functions' environment, as the template resolves it, in this process.
+
+        All functions run in one process here, so their variables must agree;
+        the template sets them in Globals, which keeps them so.
+        """
+        assert self.servers is not None
+        environment: dict[str, str] = {}
+        for function in self.functions.values():
+            for name, value in self.resolver.resolve(dict(function.spec.environment)).items():
+                value = "" if value is None else str(value)
+                if environment.get(name, value) != value:
+                    raise RuntimeError(f"functions disagree on {name}; local mode needs one value")
+                environment[name] = value
+        # Local stand-ins for what the deployed stack reads from RDS and Secrets Manager.
+        environment["DATABASE_URL"] = self.servers.database_url
+        environment["REDIS_URL"] = self.servers.redis_url
+        environment["POWERTOOLS_TRACE_DISABLED"] = "true"
+        environment["POWERTOOLS_METRICS_DISABLED"] = "true"
+        environment.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
+        for name, value in environment.items():
+            self._set_env(name, value)
+        self.environment = environment
+
+        from pushflow.config import Settings
+        from pushflow.handler import replace_services
+        from pushflow.services import Services
+
+        if self.log_path is not None:
+            self._redirect_function_logs(self.log_path)
+        self.services = Services(Settings.from_env())
+        previous = replace_services(self.services)
+        self._stack.callback(replace_services, previous)
+        self._stack.callback(self.services.close)
+
+    def _redirect_function_logs(self, path: Path) -> None:
+        import pushflow.observability  # noqa: F401 - creates the Powertools logger
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stream = path.open("a", encoding="utf-8")
+        self._stack.callback(stream.close)
+        service_logger = logging.getLogger(os.environ.get("POWERTOOLS_SERVICE_NAME", "pushflow"))
+        for handler in service_logger.handlers:
+            if isinstance(handler, logging.StreamHandler):
+                previous = handler.setStream(stream)
+                self._stack.callback(handler.setStream, previous)
+
+    # -- Lambda --------------------------------------------------------------
+
+    def _invoke(self, function_name: str, body: Any, response_headers: dict[str, str]) -> bytes:
+        function = self.by_name[function_name.rsplit(":", 1)[-1]]
+        event = json.loads(body) if body else {}
+        try:
+            result = function.invoke(event)
+        except Exception as error:
+            self.failures.setdefault(function.spec.logical_id, []).append(error)
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps(
+                {
+                    "errorType": type(error).__name__,
+                    "errorMessage": str(error),
+                    "stackTrace": traceback.format_exception(error)[-3:],
+                }
+            ).encode()
+        return json.dumps(result).encode()
+
+    def invoke(self, logical_id: str, event: Any) -> Any:
+        """Run a function's handler with the template's environment (`pushflow invoke`)."""
+        return self.functions[logical_id].invoke(event)
+
+    # -- executions ----------------------------------------------------------
+
+    def start_execution(self, name: str, payload: Mapping[str, Any]) -> str:
+        response = self.client("stepfunctions").start_execution(
+            stateMachineArn=self.state_machine_arn, name=name, input=json.dumps(payload)
+        )
+        return str(response["executionArn"])
+
+    def wait(self, execution_arn: str, timeout: float = 600.0) -> dict[str, Any]:
+        sfn = self.client("stepfunctions")
+        deadline = time.monotonic() + timeout
+        while True:
+            execution: dict[str, Any] = sfn.describe_execution(executionArn=execution_arn)
+            if execution["status"] != "RUNNING":
+                return execution
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{execution_arn} still running after {timeout:.0f}s")
+            time.sleep(0.05)
+
+    def history(self, execution_arn: str) -> list[dict[str, Any]]:
+        sfn = self.client("stepfunctions")
+        events: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 1000}
+            if token:
+                kwargs["nextToken"] = token
+            page = sfn.get_execution_history(**kwargs)
+            events.extend(page["events"])
+            token = page.get("nextToken")
+            if not token:
+                return events
+
+    def state_path(self, execution_arn: str) -> list[str]:
+        """The states the parent execution entered, in order."""
+        return [
+            event["stateEnteredEventDetails"]["name"]
+            for event in self.history(execution_arn)
+            if "stateEnteredEventDetails" in event
+        ]
+
+    def sns_messages(self) -> dict[str, list[str]]:
+        """What moto's SNS recorded per platform endpoint: endpoint ARN -> messages."""
+        from moto.sns.models import sns_backends
+
+        backend = sns_backends[ACCOUNT][REGION]
+        return {
+            arn: list(endpoint.messages.values())
+            for arn, endpoint in backend.platform_endpoints.items()
+        }

