@@ -21,7 +21,7 @@ import time
 import traceback
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -84,9 +84,7 @@ class LocalFunction:
         return handler
 
     def invoke(self, event: Any) -> Any:
-        context = LambdaContext(
-            self.name, self.arn, deadline=time.monotonic() + self.spec.timeout
-        )
+        context = LambdaContext(self.name, self.arn, deadline=time.monotonic() + self.spec.timeout)
         return self.handler()(event, context)
 
 
@@ -182,16 +180,21 @@ class LocalRuntime:
         runtime = self
 
         def invoke(
-            backend: Any, function_name: str, qualifier: Any, body: Any, headers: Any,
+            backend: Any,
+            function_name: str,
+            qualifier: Any,
+            body: Any,
+            headers: Any,
             response_headers: dict[str, str],
         ) -> bytes:
             return runtime._invoke(function_name, body, response_headers)
 
         original_invoke = LambdaSimpleBackend.invoke
-        LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
+        LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign,assignment]
         self._stack.callback(setattr, LambdaSimpleBackend, "invoke", original_invoke)
-        original_time = retrier_decl.time
-        retrier_decl.time = _ScaledSleep(self.retry_sleep_scale)  # type: ignore[assignment]
+        # moto sleeps the Retry intervals for real; scale them (tests use 0).
+        original_time = vars(retrier_decl)["time"]
+        setattr(retrier_decl, "time", _ScaledSleep(self.retry_sleep_scale))  # noqa: B010
         self._stack.callback(setattr, retrier_decl, "time", original_time)
 
     def _set_env(self, name: str, value: str) -> None:
@@ -204,7 +207,7 @@ class LocalRuntime:
 
     # -- resources ---------------------------------------------------------
 
-    def client(self, service: str) -> Any:
+    def client(self, service: Any) -> Any:
         return boto3.client(service, region_name=REGION)
 
     def _create_resources(self) -> None:

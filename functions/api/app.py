@@ -20,17 +20,17 @@ def _json(status: int, body: dict[str, Any]) -> Response[dict[str, Any]]:
     return Response(status_code=status, content_type="application/json", body=body)
 
 
-@app.exception_handler(InvalidRequest)
+@app.exception_handler(InvalidRequest)  # type: ignore[untyped-decorator]
 def invalid_request(error: InvalidRequest) -> Response[dict[str, Any]]:
     return _json(400, error.to_dict())
 
 
-@app.exception_handler(NotFound)
+@app.exception_handler(NotFound)  # type: ignore[untyped-decorator]
 def not_found(error: NotFound) -> Response[dict[str, Any]]:
     return _json(404, {"error": "not_found", "message": str(error)})
 
 
-@app.exception_handler(Conflict)
+@app.exception_handler(Conflict)  # type: ignore[untyped-decorator]
 def conflict(error: Conflict) -> Response[dict[str, Any]]:
     return _json(409, {"error": "conflict", "message": str(error)})
 
@@ -68,7 +68,7 @@ def get_notification(notification_id: str) -> dict[str, Any]:
 
 @task
 def lambda_handler(event: dict[str, Any], services: Services) -> dict[str, Any]:
-    app.append_context(services=services)
+    app.append_context(services=services)  # type: ignore[no-untyped-call]
     return app.resolve(event, _NO_CONTEXT)
 
 

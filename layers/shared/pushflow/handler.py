@@ -57,7 +57,7 @@ def correlation_ids(event: Event) -> dict[str, Any]:
 
 
 class TaskHandler:
-    """A Lambda entry point: `lambda_handler(event, context)`; `.handle(event, services)` for tests."""
+    """A Lambda entry point, `(event, context)`; `.handle(event, services)` serves tests."""
 
     def __init__(self, handle: Callable[[Any, Services], Any]) -> None:
         self.handle = handle
@@ -76,8 +76,9 @@ class TaskHandler:
                 return handle(event, current_services())
             except PushflowError as error:
                 # Named errors drive the ASL's Retry/Catch; log them without a trace.
-                logger.warning("task failed", extra={"error_type": type(error).__name__,
-                                                     "error": str(error)})
+                logger.warning(
+                    "task failed", extra={"error_type": type(error).__name__, "error": str(error)}
+                )
                 raise
 
         return entry

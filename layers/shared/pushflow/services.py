@@ -35,7 +35,7 @@ class Services:
 
         # Clients are thread-safe; sessions are not, so build under a lock.
         with self._lock:
-            session = self._boto_session or boto3.session.Session()
+            session: Any = self._boto_session or boto3.session.Session()
             return session.client(service)
 
     @cached_property

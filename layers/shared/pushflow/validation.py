@@ -28,9 +28,7 @@ def schema(name: str) -> dict[str, Any]:
 
 @cache
 def _validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator(
-        schema(name), format_checker=Draft202012Validator.FORMAT_CHECKER
-    )
+    return Draft202012Validator(schema(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
 def _field(error: ValidationError) -> str:

@@ -55,8 +55,8 @@ class ConnectionParams:
         if parsed.scheme not in ("postgres", "postgresql"):
             raise ValueError("DATABASE_URL must start with postgresql://")
         query = parse_qs(parsed.query)
-        port = int((query.get("port") or [parsed.port or 5432])[0])
-        socket_dir = (query.get("host") or [None])[0]
+        port = int(query["port"][0]) if "port" in query else parsed.port or 5432
+        socket_dir = query["host"][0] if "host" in query else None
         return cls(
             user=unquote(parsed.username or "postgres"),
             password=unquote(parsed.password) if parsed.password else None,
@@ -137,9 +137,7 @@ class Audience:
             yield self._match(f"(u.attributes -> {self._param(key)})", condition, "jsonb")
 
 
-_RECIPIENT_COLUMNS = (
-    "d.id, d.user_id, d.platform, d.sandbox, d.endpoint_arn, u.locale, u.time_zone"
-)
+_RECIPIENT_COLUMNS = "d.id, d.user_id, d.platform, d.sandbox, d.endpoint_arn, u.locale, u.time_zone"
 
 
 class Repository:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+
 import redis
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
@@ -113,5 +114,5 @@ class RecipientStore:
 
     def markers(self, notification_id: str, page: int) -> dict[int, str]:
         with self._errors():
-            raw: dict[str, str] = self._redis.hgetall(page_key(notification_id, page))
+            raw: dict[str, str] = self._redis.hgetall(page_key(notification_id, page))  # type: ignore[assignment]
         return {int(device): value for device, value in raw.items()}

@@ -59,9 +59,7 @@ class NotificationRepository(Protocol):
 
 
 class PagePlans(Protocol):
-    def write(
-        self, notification_id: str, run: str, pages: Sequence[PageRef]
-    ) -> dict[str, str]: ...
+    def write(self, notification_id: str, run: str, pages: Sequence[PageRef]) -> dict[str, str]: ...
 
 
 class WorkflowStarter(Protocol):

@@ -185,9 +185,7 @@ def publish(
     results = [DeliveryResult.from_dict(raw) for raw in event.get("filtered", ())]
 
     if notification.status is NotificationStatus.CANCELLED:
-        results += [
-            DeliveryResult(r.device_id, r.user_id, Outcome.CANCELLED) for r in recipients
-        ]
+        results += [DeliveryResult(r.device_id, r.user_id, Outcome.CANCELLED) for r in recipients]
         return page_event(notification.id, page, results=[r.to_dict() for r in results])
 
     claims = markers.claim(notification.id, page.number, [r.device_id for r in recipients])

@@ -1,0 +1,54 @@
+# Pushflow: `make demo` and `make test` work on a fresh clone with Python 3.11 and pip.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ASL := $(wildcard statemachines/*.asl.json)
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: help install demo test test-fast lint format build clean
+
+help:
+	@echo "make demo    seed 10,000 devices and send to them through the real state machine"
+	@echo "make test    the whole suite: unit, integration (real PostgreSQL/Redis), e2e (real ASL)"
+	@echo "make lint    ruff, mypy, statelint on every ASL file, sam validate --lint"
+	@echo "make build   sam build (aws-sam-cli in its own virtual environment)"
+
+# The project's venv, reinstalled when pyproject.toml changes.
+$(STAMP): pyproject.toml layers/shared/requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[local,dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/pushflow demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "unit"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy layers/shared/pushflow pushflow_local
+	@# Every function is its own `app` module, as in Lambda: check them one by one.
+	@for d in functions/*/; do MYPYPATH=layers/shared $(BIN)/mypy $$d || exit 1; done
+	@for f in $(ASL); do echo "statelint $$f"; $(BIN)/statelint --ignore=URI $$f || exit 1; done
+	bash scripts/sam-venv.sh
+	.venv-sam/bin/sam validate --lint
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+build:
+	bash scripts/sam-venv.sh
+	.venv-sam/bin/sam build
+
+clean:
+	rm -rf .aws-sam .pushflow .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,201 @@
+"""`pushflow`: the local runtime's command line.
+
+pushflow demo [--recipients N]       seed an audience, send to it, show what happened
+pushflow invoke FUNCTION -e EVENT    run one function's handler (like `sam local invoke`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pushflow_local.runtime import LocalRuntime
+from pushflow_local.template import REPO_ROOT
+
+LOG_PATH = REPO_ROOT / ".pushflow" / "functions.log"
+
+
+def _say(message: str) -> None:
+    print(f"» {message}", flush=True)
+
+
+_last_quarter: dict[str, int] = {}
+
+
+def _bar(done: int, total: int, label: str) -> None:
+    width = 30
+    filled = int(width * done / total) if total else width
+    line = f"  {label} [{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,}"
+    if sys.stdout.isatty():
+        print(f"\r{line}", end="\n" if done >= total else "", flush=True)
+        return
+    # Not a terminal (CI, a pipe): a line per quarter instead of redrawing one.
+    quarter = 4 * done // total if total else 4
+    if _last_quarter.get(label) != quarter:
+        _last_quarter[label] = quarter
+        print(line, flush=True)
+
+
+def _table(rows: Sequence[tuple[str, ...]], headers: tuple[str, ...]) -> str:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    line = "  ".join("-" * w for w in widths)
+    out = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True)), line]
+    out += [
+        "  ".join(
+            str(c).rjust(w) if c.replace(",", "").isdigit() else str(c).ljust(w)
+            for c, w in zip(r, widths, strict=True)
+        )
+        for r in rows
+    ]
+    return "\n".join(out)
+
+
+def demo(args: argparse.Namespace) -> int:
+    from pushflow.domain import sending
+    from pushflow_local.demo import DEMO_REQUEST, seed_demo
+
+    started = time.monotonic()
+    with LocalRuntime(progress=_say, log_path=LOG_PATH) as runtime:
+        _say(f"seeding an audience of {args.recipients:,} devices")
+        seed_demo(runtime, args.recipients, lambda done, total: _bar(done, total, "endpoints"))
+
+        _say("sending one notification to all of them through the state machine")
+        notification, _ = sending.submit(
+            DEMO_REQUEST, runtime.services.repository, runtime.services.workflow
+        )
+        assert notification.execution_arn is not None
+        _follow(runtime, notification.id, notification.execution_arn)
+        execution = runtime.wait(notification.execution_arn)
+        final = runtime.services.repository.get_notification(notification.id)
+
+        print()
+        print(f"Execution  {notification.execution_arn.rsplit(':', 1)[-1]}: {execution['status']}")
+        print(f"State path {' → '.join(runtime.state_path(notification.execution_arn))}")
+        print(
+            f"Status     {final.status.value}: {final.recipient_count:,} devices in "
+            f"{final.page_count} pages"
+        )
+        print()
+        total = sum(final.counts.values())
+        rows = [
+            (outcome, f"{count:,}", f"{100 * count / total:.1f}%")
+            for outcome, count in sorted(final.counts.items(), key=lambda kv: -kv[1])
+        ]
+        rows.append(("total", f"{total:,}", "100.0%"))
+        print(_table(rows, ("outcome", "devices", "share")))
+        print()
+        _print_sample(runtime)
+        print()
+        print(
+            f"Done in {time.monotonic() - started:.1f}s; function logs in "
+            f"{LOG_PATH.relative_to(REPO_ROOT)}"
+        )
+        return 0 if execution["status"] == "SUCCEEDED" else 1
+
+
+def _follow(runtime: LocalRuntime, notification_id: str, execution_arn: str) -> None:
+    """Show the send's progress from the rows it records, until the execution ends."""
+    done = threading.Event()
+
+    def watch() -> None:
+        runtime.wait(execution_arn)
+        done.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    repository = runtime.services.repository
+    while not done.wait(0.5):
+        notification = repository.get_notification(notification_id)
+        if notification.recipient_count:
+            recorded = sum(repository.outcome_counts(notification_id).values())
+            _bar(
+                min(recorded, notification.recipient_count - 1),
+                notification.recipient_count,
+                "recorded ",
+            )
+    notification = repository.get_notification(notification_id)
+    if notification.recipient_count:
+        _bar(notification.recipient_count, notification.recipient_count, "recorded ")
+
+
+def _print_sample(runtime: LocalRuntime) -> None:
+    by_platform: dict[str, tuple[str, str]] = {}
+    for arn, messages in runtime.sns_messages().items():
+        for message in messages:
+            platform_key = next(k for k in json.loads(message) if k != "default")
+            by_platform.setdefault(platform_key, (arn, message))
+    print("What SNS received (one message per platform):")
+    for platform_key, (arn, message) in sorted(by_platform.items()):
+        outer = json.loads(message)
+        print(f"  {platform_key} → {arn.split(':', 5)[-1]}")
+        print(f"    {json.dumps(json.loads(outer[platform_key]), ensure_ascii=False)}")
+
+
+def invoke(args: argparse.Namespace) -> int:
+    event = json.loads(Path(args.event).read_text()) if args.event else {}
+    with LocalRuntime(progress=_say, log_path=LOG_PATH) as runtime:
+        logical_id = _function_id(runtime, args.function)
+        if args.sample_data:
+            from pushflow_local.demo import seed_sample_data
+
+            seed_sample_data(runtime)
+        try:
+            result: Any = runtime.invoke(logical_id, event)
+        except Exception as error:  # reported as Lambda reports it
+            print(
+                json.dumps(
+                    {"errorType": type(error).__name__, "errorMessage": str(error)}, indent=2
+                )
+            )
+            return 1
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+
+
+def _function_id(runtime: LocalRuntime, name: str) -> str:
+    for candidate in (name, f"{name}Function"):
+        if candidate in runtime.functions:
+            return candidate
+    known = ", ".join(sorted(runtime.functions))
+    raise SystemExit(f"unknown function {name!r}; the template has: {known}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pushflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo_parser = commands.add_parser("demo", help="seed an audience and send to it")
+    demo_parser.add_argument(
+        "--recipients", type=int, default=10_000, help="devices to send to (default 10,000)"
+    )
+    demo_parser.set_defaults(run=demo)
+
+    invoke_parser = commands.add_parser("invoke", help="run one function's handler locally")
+    invoke_parser.add_argument("function", help="logical id in template.yaml, e.g. Prepare")
+    invoke_parser.add_argument("-e", "--event", help="event file, e.g. events/prepare.json")
+    invoke_parser.add_argument(
+        "--sample-data",
+        action="store_true",
+        help="first create the users, devices and notification the "
+        "sample events in events/ refer to",
+    )
+    invoke_parser.set_defaults(run=invoke)
+
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; local servers stopped", file=sys.stderr)
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
