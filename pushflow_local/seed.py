@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,8 +114,8 @@ def seed_users(
             progress(done, len(wanted))
         return str(arn)
 
-    with ThreadPoolExecutor(8) as pool:
-        arns = list(pool.map(endpoint, wanted))
+    # One at a time: moto's SNS backend is not safe for concurrent endpoint creation.
+    arns = [endpoint(item) for item in wanted]
     if progress:
         progress(len(wanted), len(wanted))
 
