@@ -1,4 +1,4 @@
-"""FilterRecipients: keep the recipients a push may reach now."""
+"""FilterRecipients: keep the recipients a push may reach now (rules in Redis)."""
 
 from __future__ import annotations
 
@@ -11,4 +11,6 @@ from pushflow.services import Services
 
 @task
 def lambda_handler(event: dict[str, Any], services: Services) -> dict[str, Any]:
-    return sending.filter_recipients(event)
+    return sending.filter_recipients(
+        event, services.repository, services.recipient_filter, services.clock.now()
+    )

@@ -10,19 +10,24 @@ import threading
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from pushflow.clock import Clock, SystemClock
 from pushflow.config import Settings
 
 if TYPE_CHECKING:
     from pushflow.adapters.page_plans import PagePlanStore
     from pushflow.adapters.postgres import Repository
+    from pushflow.adapters.recipient_filter import RecipientFilter
     from pushflow.adapters.redis_store import RecipientStore
     from pushflow.adapters.sns import SnsPublisher
     from pushflow.adapters.workflow import Workflow
 
 
 class Services:
-    def __init__(self, settings: Settings, boto_session: Any | None = None) -> None:
+    def __init__(
+        self, settings: Settings, boto_session: Any | None = None, clock: Clock | None = None
+    ) -> None:
         self.settings = settings
+        self.clock: Clock = clock or SystemClock()
         self._boto_session = boto_session
         self._lock = threading.Lock()
 
@@ -49,6 +54,12 @@ class Services:
         from pushflow.adapters.redis_store import RecipientStore
 
         return RecipientStore.from_url(self.settings.redis_url)
+
+    @cached_property
+    def recipient_filter(self) -> RecipientFilter:
+        from pushflow.adapters.recipient_filter import RecipientFilter
+
+        return RecipientFilter(self.store.client, self.repository.load_preferences)
 
     @cached_property
     def publisher(self) -> SnsPublisher:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -32,6 +34,8 @@ from pushflow.domain.models import (
     PageRef,
     Recipient,
 )
+from pushflow.domain.ports import AttributeStats
+from pushflow.domain.rules import DEFAULT_PREFERENCES, Preferences
 
 # SQLSTATE classes worth a retry: connection exceptions, operator intervention
 # (shutdown, admin terminate), insufficient resources, serialization/deadlock.
@@ -357,21 +361,37 @@ class Repository:
 
     # -- audiences and pages ----------------------------------------------
 
-    def max_attribute_bytes(self, audience_spec: Mapping[str, Any], keys: Sequence[str]) -> int:
-        """The most bytes the given attributes weigh for any one recipient of the audience."""
+    def attribute_stats(
+        self, audience_spec: Mapping[str, Any], keys: Sequence[str]
+    ) -> AttributeStats:
+        """For the placeholders' attributes: the most bytes (as JSON) one recipient carries,
+        and how many recipients lack each one (one scan of the audience)."""
         if not keys:
-            return 0
+            return AttributeStats()
         audience = Audience(audience_spec)
+        key_params = {f"k{i}": key for i, key in enumerate(keys)}
+        # A bound on each value's size in the JSON Lambda returns (json.dumps, ASCII-only):
+        # jsonb's text form already escapes quotes and control characters; every
+        # byte a non-ASCII character adds to UTF-8 becomes at most four more.
         sizes = " + ".join(
-            f"coalesce(octet_length(u.attributes ->> :k{i}), 0)" for i in range(len(keys))
+            f"coalesce(octet_length((u.attributes -> :{k})::text) * 5"
+            f" - char_length((u.attributes -> :{k})::text) * 4, 0)"
+            for k in key_params
         )
-        rows = self.run(
-            f"SELECT coalesce(max({sizes}), 0) FROM devices d JOIN users u ON u.id = d.user_id"
+        lacking = ", ".join(
+            f"count(*) FILTER (WHERE u.attributes -> :{k} IS NULL"
+            f" OR u.attributes -> :{k} = 'null'::jsonb)"
+            for k in key_params
+        )
+        row = self.run(
+            f"SELECT coalesce(max({sizes}), 0), {lacking}"
+            " FROM devices d JOIN users u ON u.id = d.user_id"
             f" WHERE d.enabled AND {audience.where}",
             **audience.params,
-            **{f"k{i}": key for i, key in enumerate(keys)},
-        )
-        return int(rows[0][0])
+            **key_params,
+        )[0]
+        missing = {key: int(n) for key, n in zip(keys, row[1:], strict=True) if n}
+        return AttributeStats(int(row[0]), missing)
 
     def plan_pages(
         self, audience_spec: Mapping[str, Any], page_size: int
@@ -393,20 +413,42 @@ class Repository:
         return [(PageRef(int(p), int(first), int(last)), int(n)) for p, first, last, n in rows]
 
     def resolve_page(
-        self, audience_spec: Mapping[str, Any], page: PageRef, attribute_keys: Sequence[str]
+        self,
+        audience_spec: Mapping[str, Any],
+        page: PageRef,
+        attribute_keys: Sequence[str],
+        notification_id: str | None = None,
     ) -> list[Recipient]:
-        audience = Audience(audience_spec)
+        """The page's recipients: its enabled audience devices, or for a deferred pass,
+        the devices of the notification deferred until the page's due time."""
         keys = list(attribute_keys)
-        rows = self.run(
-            f"SELECT {_RECIPIENT_COLUMNS}, "
-            + ("u.attributes" if keys else "NULL")
-            + " FROM devices d JOIN users u ON u.id = d.user_id"
-            " WHERE d.id BETWEEN :first AND :last AND d.enabled"
-            f" AND {audience.where} ORDER BY d.id",
-            first=page.first_device_id,
-            last=page.last_device_id,
-            **audience.params,
-        )
+        attributes = "u.attributes" if keys else "NULL"
+        if page.due is None:
+            audience = Audience(audience_spec)
+            rows = self.run(
+                f"SELECT {_RECIPIENT_COLUMNS}, {attributes}"
+                " FROM devices d JOIN users u ON u.id = d.user_id"
+                " WHERE d.id BETWEEN :first AND :last AND d.enabled"
+                f" AND {audience.where} ORDER BY d.id",
+                first=page.first_device_id,
+                last=page.last_device_id,
+                **audience.params,
+            )
+        else:
+            # Not filtered on `enabled`: a device disabled meanwhile must still
+            # reach a final outcome (SNS answers EndpointDisabled).
+            rows = self.run(
+                f"SELECT {_RECIPIENT_COLUMNS}, {attributes}"
+                " FROM deliveries r JOIN devices d ON d.id = r.device_id"
+                " JOIN users u ON u.id = d.user_id"
+                " WHERE r.notification_id = CAST(:nid AS uuid) AND r.outcome = 'deferred'"
+                " AND r.deferred_until <= to_timestamp(:due)"
+                " AND r.device_id BETWEEN :first AND :last ORDER BY r.device_id",
+                nid=notification_id,
+                due=page.due,
+                first=page.first_device_id,
+                last=page.last_device_id,
+            )
         return [
             Recipient(
                 device_id=row[0],
@@ -421,6 +463,70 @@ class Repository:
             for row in rows
         ]
 
+    # -- deferred passes ---------------------------------------------------
+
+    def close_orphaned_deferrals(self, notification_id: str) -> int:
+        """Deferred rows whose device was removed can never be sent: fail them."""
+        with self._session() as conn:
+            conn.run(
+                "UPDATE deliveries r SET outcome = 'failed', recorded_at = now(),"
+                " error = 'device removed before its deferred send'"
+                " WHERE r.notification_id = CAST(:nid AS uuid) AND r.outcome = 'deferred'"
+                " AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = r.device_id)",
+                nid=notification_id,
+            )
+            return int(conn.row_count)
+
+    def fail_deferred(self, notification_id: str, error: str) -> int:
+        with self._session() as conn:
+            conn.run(
+                "UPDATE deliveries SET outcome = 'failed', error = :error, recorded_at = now()"
+                " WHERE notification_id = CAST(:nid AS uuid) AND outcome = 'deferred'",
+                nid=notification_id,
+                error=error,
+            )
+            return int(conn.row_count)
+
+    def earliest_deferral(self, notification_id: str) -> datetime | None:
+        rows = self.run(
+            "SELECT min(deferred_until) FROM deliveries"
+            " WHERE notification_id = CAST(:nid AS uuid) AND outcome = 'deferred'",
+            nid=notification_id,
+        )
+        earliest: datetime | None = rows[0][0]
+        return earliest
+
+    def plan_deferred_pages(
+        self, notification_id: str, due_by: datetime, page_size: int
+    ) -> tuple[list[tuple[PageRef, int]], datetime | None]:
+        """Pages over the devices deferred until `due_by` at the latest.
+
+        Returns the pages and the latest deferral among them: when the pass may go.
+        """
+        due = int(due_by.timestamp())
+        rows = self.run(
+            "SELECT rn / :size AS page, min(device_id), max(device_id), count(*),"
+            " max(deferred_until) FROM ("
+            "  SELECT device_id, deferred_until,"
+            "   row_number() OVER (ORDER BY device_id) - 1 AS rn FROM deliveries"
+            "  WHERE notification_id = CAST(:nid AS uuid) AND outcome = 'deferred'"
+            "  AND deferred_until <= to_timestamp(:due)) numbered"
+            " GROUP BY 1 ORDER BY 1",
+            size=page_size,
+            nid=notification_id,
+            due=due,
+        )
+        latest: datetime | None = max((row[4] for row in rows), default=None)
+        if latest is None:
+            return [], None
+        # The pass goes when the last of them may have a push: its pages carry that time.
+        send_at = math.ceil(latest.timestamp())
+        pages = [
+            (PageRef(int(p), int(first), int(last), send_at), int(n))
+            for p, first, last, n, _ in rows
+        ]
+        return pages, latest
+
     # -- results -----------------------------------------------------------
 
     def record_deliveries(
@@ -429,29 +535,36 @@ class Repository:
         """Write a page's rows in bulk; rows already there are kept (a retry adds nothing).
 
         Devices whose endpoint SNS reported disabled are disabled in the same transaction.
-        Returns the number of new rows.
+        Returns the number of rows written.
         """
         results = list(results)
         if not results:
             return 0
         body = "".join(
             f"{r.device_id}\t{r.user_id}\t{r.outcome.value}\t"
-            f"{_copy_text(r.sns_message_id)}\t{_copy_text(r.error)}\n"
+            f"{_copy_text(r.sns_message_id)}\t{_copy_text(r.error)}\t"
+            f"{_copy_text(r.deferred_until)}\n"
             for r in results
         )
         disabled = [r.device_id for r in results if r.outcome is Outcome.ENDPOINT_DISABLED]
         with self.transaction() as conn:
             conn.run(
                 "CREATE TEMP TABLE incoming_deliveries (device_id bigint, user_id bigint,"
-                " outcome text, sns_message_id text, error text) ON COMMIT DROP"
+                " outcome text, sns_message_id text, error text, deferred_until timestamptz)"
+                " ON COMMIT DROP"
             )
             conn.run("COPY incoming_deliveries FROM STDIN", stream=[body])
             conn.run(
                 "INSERT INTO deliveries (notification_id, device_id, user_id, page, outcome,"
-                " sns_message_id, error)"
+                " sns_message_id, error, deferred_until)"
                 " SELECT CAST(:id AS uuid), device_id, user_id, :page, outcome, sns_message_id,"
-                " error FROM incoming_deliveries"
-                " ON CONFLICT (notification_id, device_id) DO NOTHING",
+                " error, deferred_until FROM incoming_deliveries"
+                # A row is final once written, except a deferral, which its
+                # deferred pass replaces by the outcome it reached.
+                " ON CONFLICT (notification_id, device_id) DO UPDATE SET"
+                " outcome = excluded.outcome, sns_message_id = excluded.sns_message_id,"
+                " error = excluded.error, page = excluded.page, recorded_at = now()"
+                " WHERE deliveries.outcome = 'deferred' AND excluded.outcome <> 'deferred'",
                 id=notification_id,
                 page=page,
             )
@@ -468,7 +581,21 @@ class Repository:
     def record_page_failure(
         self, notification_id: str, audience_spec: Mapping[str, Any], page: PageRef, error: str
     ) -> int:
-        """Every device of a failed page that has no row yet gets a `failed` row."""
+        """Every device of a failed page that has no final row yet gets a `failed` row."""
+        if page.due is not None:
+            with self._session() as conn:
+                conn.run(
+                    "UPDATE deliveries SET outcome = 'failed', error = :error, recorded_at = now()"
+                    " WHERE notification_id = CAST(:nid AS uuid) AND outcome = 'deferred'"
+                    " AND deferred_until <= to_timestamp(:due)"
+                    " AND device_id BETWEEN :first AND :last",
+                    nid=notification_id,
+                    error=error[:1000],
+                    due=page.due,
+                    first=page.first_device_id,
+                    last=page.last_device_id,
+                )
+                return int(conn.row_count)
         audience = Audience(audience_spec)
         with self._session() as conn:
             conn.run(
@@ -497,6 +624,29 @@ class Repository:
         return {
             row[0]: DeliveryResult(row[0], row[1], Outcome(row[2]), row[3], row[4]) for row in rows
         }
+
+    # -- preferences -------------------------------------------------------
+
+    def load_preferences(self, user_ids: Sequence[int]) -> dict[int, Preferences]:
+        """Each user's delivery preferences in one query; users without a row get the defaults."""
+        ids = sorted({int(user_id) for user_id in user_ids})
+        if not ids:
+            return {}
+        rows = self.run(
+            "SELECT user_id, opted_out_categories, quiet_hours_start, quiet_hours_end,"
+            " cap_overrides FROM preferences WHERE user_id = ANY(CAST(:ids AS bigint[]))",
+            ids=ids,
+        )
+        stored = {
+            int(row[0]): Preferences(
+                opted_out=frozenset(row[1] or ()),
+                quiet_start=row[2],
+                quiet_end=row[3],
+                cap_overrides=row[4] or {},
+            )
+            for row in rows
+        }
+        return {user_id: stored.get(user_id, DEFAULT_PREFERENCES) for user_id in ids}
 
 
 def _copy_text(value: str | None) -> str:

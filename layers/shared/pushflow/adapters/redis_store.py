@@ -40,7 +40,7 @@ return out
 """
 
 
-def page_key(notification_id: str, page: int) -> str:
+def page_key(notification_id: str, page: str) -> str:
     return f"pf:{{n:{notification_id}:{page}}}:sent"
 
 
@@ -83,7 +83,7 @@ class RecipientStore:
     # -- exactly-once publishing ------------------------------------------
 
     def claim(
-        self, notification_id: str, page: int, device_ids: Sequence[int]
+        self, notification_id: str, page: str, device_ids: Sequence[int]
     ) -> dict[int, str | None]:
         """Claim devices for publishing: None where claimed now, else the earlier marker."""
         if not device_ids:
@@ -98,7 +98,7 @@ class RecipientStore:
     def settle(
         self,
         notification_id: str,
-        page: int,
+        page: str,
         sent: Mapping[int, str],
         released: Sequence[int] = (),
     ) -> None:
@@ -112,7 +112,7 @@ class RecipientStore:
                 pipe.hdel(key, *[str(d) for d in released])
             pipe.execute()
 
-    def markers(self, notification_id: str, page: int) -> dict[int, str]:
+    def markers(self, notification_id: str, page: str) -> dict[int, str]:
         with self._errors():
             raw: dict[str, str] = self._redis.hgetall(page_key(notification_id, page))  # type: ignore[assignment]
         return {int(device): value for device, value in raw.items()}

@@ -6,8 +6,11 @@ The adapters in `pushflow.adapters` implement these; tests may pass others.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
 
+from pushflow.domain.categories import Category
 from pushflow.domain.models import (
     DeliveryResult,
     Notification,
@@ -15,6 +18,22 @@ from pushflow.domain.models import (
     PageRef,
     Recipient,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeStats:
+    """What the attributes a content's placeholders use weigh across an audience."""
+
+    max_bytes: int = 0
+    # placeholder -> recipients without that attribute
+    missing: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FilterDecision:
+    eligible: list[Recipient]
+    filtered: list[DeliveryResult]
+    deferred: list[tuple[Recipient, datetime]]
 
 
 class NotificationRepository(Protocol):
@@ -39,15 +58,29 @@ class NotificationRepository(Protocol):
     ) -> Notification: ...
 
     def outcome_counts(self, notification_id: str) -> dict[str, int]: ...
-    def max_attribute_bytes(self, audience_spec: Mapping[str, Any], keys: Sequence[str]) -> int: ...
+    def attribute_stats(
+        self, audience_spec: Mapping[str, Any], keys: Sequence[str]
+    ) -> AttributeStats: ...
 
     def plan_pages(
         self, audience_spec: Mapping[str, Any], page_size: int
     ) -> list[tuple[PageRef, int]]: ...
 
     def resolve_page(
-        self, audience_spec: Mapping[str, Any], page: PageRef, attribute_keys: Sequence[str]
+        self,
+        audience_spec: Mapping[str, Any],
+        page: PageRef,
+        attribute_keys: Sequence[str],
+        notification_id: str | None = None,
     ) -> list[Recipient]: ...
+
+    def close_orphaned_deferrals(self, notification_id: str) -> int: ...
+    def earliest_deferral(self, notification_id: str) -> datetime | None: ...
+    def fail_deferred(self, notification_id: str, error: str) -> int: ...
+
+    def plan_deferred_pages(
+        self, notification_id: str, due_by: datetime, page_size: int
+    ) -> tuple[list[tuple[PageRef, int]], datetime | None]: ...
 
     def record_deliveries(
         self, notification_id: str, page: int, results: Iterable[DeliveryResult]
@@ -56,6 +89,18 @@ class NotificationRepository(Protocol):
     def record_page_failure(
         self, notification_id: str, audience_spec: Mapping[str, Any], page: PageRef, error: str
     ) -> int: ...
+
+
+class RecipientRules(Protocol):
+    def apply(
+        self,
+        notification_id: str,
+        page: str,
+        category: Category,
+        quiet_hours_mode: Literal["suppress", "defer"],
+        recipients: Sequence[Recipient],
+        now: datetime,
+    ) -> FilterDecision: ...
 
 
 class PagePlans(Protocol):
@@ -68,13 +113,13 @@ class WorkflowStarter(Protocol):
 
 class PublishMarkers(Protocol):
     def claim(
-        self, notification_id: str, page: int, device_ids: Sequence[int]
+        self, notification_id: str, page: str, device_ids: Sequence[int]
     ) -> dict[int, str | None]: ...
 
     def settle(
         self,
         notification_id: str,
-        page: int,
+        page: str,
         sent: Mapping[int, str],
         released: Sequence[int] = (),
     ) -> None: ...

@@ -1,0 +1,376 @@
+"""FilterRecipients in Redis: opt-outs, quiet hours, frequency caps and dedupe for a page.
+
+A page costs a few round trips whatever its size: one pipelined read of the
+page's cached preferences (a miss costs one PostgreSQL query for all missing
+users and one pipelined write-back), then one Lua script call that dedupes
+devices and counts caps atomically for every user of the page.
+
+Everything of one user lives under the hash tag `{u:<user id>}`, so each
+user's keys share a hash slot (ElastiCache Serverless runs in cluster mode):
+
+- `pf:{u:<id>}:prefs`: the cached preferences (compact JSON, with a TTL);
+- `pf:{u:<id>}:cap:<category>`: the notification ids that reached the user,
+  scored by send time (ms), trimmed to a rolling 24 hours; adding is
+  idempotent, so a retried page never counts twice;
+- `pf:{u:<id>}:seen:<notification id>`: device id -> the page that passed it;
+  another page of the same notification finding it is a duplicate.
+
+On a cluster client the script runs once per hash slot, all in one pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    ConnectionError,
+    NoScriptError,
+    ReadOnlyError,
+    TimeoutError,
+    TryAgainError,
+)
+
+from pushflow.domain.categories import Category
+from pushflow.domain.errors import TransientStoreError
+from pushflow.domain.models import DeliveryResult, Outcome, Recipient
+from pushflow.domain.ports import FilterDecision
+from pushflow.domain.rules import DEFAULT_PREFERENCES, Preferences, SendRules, UserRules
+
+QuietHoursMode = Literal["suppress", "defer"]
+RedisClient = redis.Redis | RedisCluster
+
+# Failures that say "Redis is not there right now", never "the request is wrong".
+_TRANSIENT = (
+    ConnectionError,
+    TimeoutError,
+    BusyLoadingError,
+    ReadOnlyError,  # a replica promoted mid-failover
+    TryAgainError,
+    ClusterDownError,
+)
+
+CAP_WINDOW_MS = 24 * 3600 * 1000
+# A cap set outlives its newest member by the window (plus slack for clock skew).
+CAP_TTL_MS = CAP_WINDOW_MS + 3600 * 1000
+# Long enough for every retry and redrive of a send's pages.
+SEEN_TTL_SECONDS = 48 * 3600
+# After an invalidation, a write-back of preferences read before it must not
+# land: a short-lived marker makes the cache miss and refuses those writes.
+INVALIDATED = "-"
+INVALIDATED_TTL_SECONDS = 30
+
+# The script's answer per device, in the order the devices were passed.
+_ELIGIBLE, _DUPLICATE, _CAPPED = 0, 1, 2
+
+# KEYS: per user, its seen hash and its cap set (2 keys per user, one slot per user).
+# ARGV: notification id, page, now (ms), cap window (ms), seen TTL (s), cap TTL (ms),
+#       then per user: daily cap (-1: uncapped), device count, device ids.
+# Returns one code per device: 0 eligible, 1 duplicate, 2 capped.
+_DECIDE = """
+local notification, page = ARGV[1], ARGV[2]
+local now = tonumber(ARGV[3])
+local since = now - tonumber(ARGV[4])
+local seen_ttl, cap_ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
+local out = {}
+local a = 7
+for u = 1, #KEYS / 2 do
+  local seen_key, cap_key = KEYS[2 * u - 1], KEYS[2 * u]
+  local cap, count = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local first, passing, marked = #out + 1, 0, false
+  for d = a + 2, a + 1 + count do
+    local device = ARGV[d]
+    if redis.call('HSETNX', seen_key, device, page) == 1 then
+      marked = true
+      passing = passing + 1
+      out[#out + 1] = 0
+    elseif redis.call('HGET', seen_key, device) == page then
+      -- this very page, retried: not a duplicate
+      passing = passing + 1
+      out[#out + 1] = 0
+    else
+      out[#out + 1] = 1
+    end
+  end
+  if marked then
+    redis.call('EXPIRE', seen_key, seen_ttl)
+  end
+  if cap >= 0 and passing > 0 then
+    redis.call('ZREMRANGEBYSCORE', cap_key, '-inf', since)
+    if not redis.call('ZSCORE', cap_key, notification) then
+      if redis.call('ZCARD', cap_key) < cap then
+        redis.call('ZADD', cap_key, 'NX', now, notification)
+        redis.call('PEXPIRE', cap_key, cap_ttl)
+      else
+        for i = first, #out do
+          if out[i] == 0 then
+            out[i] = 2
+          end
+        end
+      end
+    end
+  end
+  a = a + 2 + count
+end
+return out
+"""
+
+
+def preferences_key(user_id: int) -> str:
+    return f"pf:{{u:{user_id}}}:prefs"
+
+
+def cap_key(user_id: int, category: str) -> str:
+    return f"pf:{{u:{user_id}}}:cap:{category}"
+
+
+def seen_key(user_id: int, notification_id: str) -> str:
+    return f"pf:{{u:{user_id}}}:seen:{notification_id}"
+
+
+def group_by_slot(user_ids: Iterable[int], keyslot: Callable[[str], int]) -> list[list[int]]:
+    """Users whose keys share a hash slot, together; groups in first-seen order."""
+    groups: dict[int, list[int]] = {}
+    for user_id in user_ids:
+        groups.setdefault(keyslot(preferences_key(user_id)), []).append(user_id)
+    return list(groups.values())
+
+
+class RecipientFilter:
+    def __init__(
+        self,
+        client: RedisClient,
+        load_preferences: Callable[[Sequence[int]], Mapping[int, Preferences]],
+        preferences_ttl_seconds: int = 3600,
+    ) -> None:
+        self._redis = client
+        self._load_preferences = load_preferences
+        self._preferences_ttl = preferences_ttl_seconds
+        # Hashes the script once; the server learns it on first use (EVAL on NOSCRIPT).
+        self._decide = client.register_script(_DECIDE)
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except _TRANSIENT as error:
+            raise TransientStoreError(f"Redis: {error}") from error
+
+    # -- preferences -------------------------------------------------------
+
+    def invalidate_preferences(self, user_id: int) -> None:
+        """Forget a user's cached preferences (after they change in PostgreSQL)."""
+        with self._errors():
+            self._redis.set(preferences_key(user_id), INVALIDATED, ex=INVALIDATED_TTL_SECONDS)
+
+    def cache_preferences(self, user_id: int, preferences: Preferences) -> None:
+        """Write a user's new preferences through to the cache."""
+        with self._errors():
+            self._redis.set(
+                preferences_key(user_id),
+                json.dumps(preferences.to_dict(), separators=(",", ":")),
+                ex=self._preferences_ttl,
+            )
+
+    def preferences(self, user_ids: Sequence[int]) -> dict[int, Preferences]:
+        """The users' preferences: from the cache, the misses from PostgreSQL in one query."""
+        with self._errors():
+            pipe = self._redis.pipeline(transaction=False)
+            for user_id in user_ids:
+                pipe.get(preferences_key(user_id))
+            cached = pipe.execute()
+        found: dict[int, Preferences] = {}
+        missing: list[int] = []
+        for user_id, raw in zip(user_ids, cached, strict=True):
+            parsed = _parse_cached(raw)
+            if parsed is None:
+                missing.append(user_id)
+            else:
+                found[user_id] = parsed
+        if not missing:
+            return found
+        loaded = self._load_preferences(missing)
+        with self._errors():
+            pipe = self._redis.pipeline(transaction=False)
+            for user_id in missing:
+                preferences = loaded.get(user_id, DEFAULT_PREFERENCES)
+                found[user_id] = preferences
+                # NX: never overwrite a newer write-through or an invalidation.
+                pipe.set(
+                    preferences_key(user_id),
+                    json.dumps(preferences.to_dict(), separators=(",", ":")),
+                    ex=self._preferences_ttl,
+                    nx=True,
+                )
+            pipe.execute()
+        return found
+
+    # -- a page --------------------------------------------------------------
+
+    def apply(
+        self,
+        notification_id: str,
+        page: str,
+        category: Category,
+        quiet_hours_mode: QuietHoursMode,
+        recipients: Sequence[Recipient],
+        now: datetime,
+    ) -> FilterDecision:
+        """Decide each recipient of a page: opt-out, quiet hours, dedupe, then cap."""
+        rules = SendRules(category, now)
+        users = list(dict.fromkeys(r.user_id for r in recipients))
+        # Security pushes ignore every preference: skip the read.
+        needs_preferences = category.can_opt_out or not category.transactional
+        preferences = self.preferences(users) if users and needs_preferences else {}
+
+        per_user: dict[tuple[int, str], UserRules] = {}
+        filtered: list[tuple[int, DeliveryResult]] = []
+        deferred: list[tuple[Recipient, datetime]] = []
+        # Per user, the (position, recipient) pairs left for the script to decide.
+        pending: dict[int, list[tuple[int, Recipient]]] = {}
+        caps: dict[int, int | None] = {}
+        devices_in_page: set[int] = set()
+        for position, recipient in enumerate(recipients):
+            user = per_user.get((recipient.user_id, recipient.time_zone))
+            if user is None:
+                user = per_user[(recipient.user_id, recipient.time_zone)] = rules.for_user(
+                    preferences.get(recipient.user_id, DEFAULT_PREFERENCES), recipient.time_zone
+                )
+            if user.opted_out:
+                filtered.append((position, _result(recipient, Outcome.OPTED_OUT)))
+            elif user.quiet_until is not None:
+                if quiet_hours_mode == "defer":
+                    deferred.append((recipient, user.quiet_until))
+                else:
+                    filtered.append((position, _result(recipient, Outcome.QUIET_HOURS)))
+            elif recipient.device_id in devices_in_page:
+                filtered.append((position, _result(recipient, Outcome.DUPLICATE)))
+            else:
+                devices_in_page.add(recipient.device_id)
+                pending.setdefault(recipient.user_id, []).append((position, recipient))
+                caps[recipient.user_id] = user.daily_cap
+
+        codes = self._decide_page(notification_id, page, category.name, pending, caps, now)
+        eligible: list[tuple[int, Recipient]] = []
+        for user_id, entries in pending.items():
+            for (position, recipient), code in zip(entries, codes[user_id], strict=True):
+                if code == _ELIGIBLE:
+                    eligible.append((position, recipient))
+                elif code == _DUPLICATE:
+                    filtered.append((position, _result(recipient, Outcome.DUPLICATE)))
+                else:
+                    filtered.append((position, _result(recipient, Outcome.CAPPED)))
+        eligible.sort(key=_position)
+        filtered.sort(key=_position)
+        return FilterDecision(
+            eligible=[recipient for _, recipient in eligible],
+            filtered=[result for _, result in filtered],
+            deferred=deferred,
+        )
+
+    def _decide_page(
+        self,
+        notification_id: str,
+        page: str,
+        category: str,
+        pending: Mapping[int, Sequence[tuple[int, Recipient]]],
+        caps: Mapping[int, int | None],
+        now: datetime,
+    ) -> dict[int, list[int]]:
+        """Dedupe and caps, atomically per user: one script call (one per slot on a cluster)."""
+        if not pending:
+            return {}
+        now_ms = int(now.timestamp() * 1000)
+
+        def call(user_ids: Sequence[int]) -> tuple[list[str], list[Any]]:
+            keys: list[str] = []
+            args: list[Any] = [
+                notification_id,
+                page,
+                now_ms,
+                CAP_WINDOW_MS,
+                SEEN_TTL_SECONDS,
+                CAP_TTL_MS,
+            ]
+            for user_id in user_ids:
+                keys += (seen_key(user_id, notification_id), cap_key(user_id, category))
+                cap = caps[user_id]
+                args += (-1 if cap is None else cap, len(pending[user_id]))
+                args += [recipient.device_id for _, recipient in pending[user_id]]
+            return keys, args
+
+        if isinstance(self._redis, RedisCluster):
+            groups = group_by_slot(pending, self._redis.keyslot)
+            answers = self._run_per_slot([call(group) for group in groups])
+        else:
+            groups = [list(pending)]
+            answers = [self._run(*call(groups[0]))]
+
+        codes: dict[int, list[int]] = {}
+        for group, answer in zip(groups, answers, strict=True):
+            flat = [int(code) for code in answer]
+            start = 0
+            for user_id in group:
+                count = len(pending[user_id])
+                codes[user_id] = flat[start : start + count]
+                start += count
+        return codes
+
+    def _run(self, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
+        """One script call; a server that does not know the script yet gets its text."""
+        script = self._decide
+        with self._errors():
+            try:
+                answer = self._redis.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                answer = self._redis.eval(_DECIDE, len(keys), *keys, *args)
+        return list(answer)
+
+    def _run_per_slot(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[list[Any]]:
+        """One script call per hash slot, all in one cluster pipeline."""
+        script = self._decide
+        answers: list[Any] = []
+        with self._errors():
+            pipe = self._redis.pipeline()
+            for keys, args in calls:
+                # ClusterPipeline blocks the evalsha() helper, not the command.
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            answers = pipe.execute(raise_on_error=False)
+            unknown = [i for i, answer in enumerate(answers) if isinstance(answer, NoScriptError)]
+            if unknown:
+                # Nodes that never saw the script (new or failed over): send its text once.
+                pipe = self._redis.pipeline()
+                for i in unknown:
+                    keys, args = calls[i]
+                    pipe.execute_command("EVAL", _DECIDE, len(keys), *keys, *args)
+                for i, answer in zip(unknown, pipe.execute(raise_on_error=False), strict=True):
+                    answers[i] = answer
+            for answer in answers:
+                if isinstance(answer, Exception):
+                    raise answer
+        return [list(answer) for answer in answers]
+
+
+def _result(recipient: Recipient, outcome: Outcome) -> DeliveryResult:
+    return DeliveryResult(recipient.device_id, recipient.user_id, outcome)
+
+
+def _position(entry: tuple[int, Any]) -> int:
+    return int(entry[0])
+
+
+def _parse_cached(raw: Any) -> Preferences | None:
+    """A cached entry; None for a miss, an invalidation marker or an unreadable value."""
+    if raw is None or raw in (INVALIDATED, INVALIDATED.encode()):
+        return None
+    try:
+        return Preferences.from_dict(json.loads(raw))
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None
