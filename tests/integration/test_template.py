@@ -19,6 +19,7 @@ TEMPLATE_PATH = REPO_ROOT / "template.yaml"
 
 TASK_FUNCTIONS = [
     "PrepareFunction",
+    "PlanDeferredFunction",
     "ResolveRecipientsFunction",
     "FilterRecipientsFunction",
     "PublishBatchFunction",

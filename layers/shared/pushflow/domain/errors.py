@@ -27,6 +27,10 @@ class InvalidRequest(PushflowError):
         return body
 
 
+class UnfillablePlaceholder(InvalidRequest):
+    """Some recipients have no attribute for a placeholder: the send is refused whole."""
+
+
 class NotFound(PushflowError):
     """The thing asked for does not exist (or is not the caller's)."""
 

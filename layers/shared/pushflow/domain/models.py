@@ -51,34 +51,50 @@ FINAL_STATUSES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class PageRef:
-    """One page of the audience: an inclusive range of device ids (keyset pagination)."""
+    """One page of the audience: an inclusive range of device ids (keyset pagination).
+
+    A page of a deferred pass also carries `due` (epoch seconds): it holds
+    the devices deferred by quiet hours until then, not the whole audience.
+    """
 
     number: int
     first_device_id: int
     last_device_id: int
+    due: int | None = None
 
     def to_dict(self) -> dict[str, int]:
-        return {
+        raw = {
             "number": self.number,
             "first_device_id": self.first_device_id,
             "last_device_id": self.last_device_id,
         }
+        if self.due is not None:
+            raw["due"] = self.due
+        return raw
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> PageRef:
-        return cls(int(raw["number"]), int(raw["first_device_id"]), int(raw["last_device_id"]))
+        due = raw.get("due")
+        return cls(
+            int(raw["number"]),
+            int(raw["first_device_id"]),
+            int(raw["last_device_id"]),
+            int(due) if due is not None else None,
+        )
 
     def key(self) -> str:
-        """The page as the last part of an S3 key: `00000042_1001-1500`."""
-        return f"{self.number:08d}_{self.first_device_id}-{self.last_device_id}"
+        """The page as the last part of an S3 key: `00000042_1001-1500` (`@<due>` if deferred)."""
+        key = f"{self.number:08d}_{self.first_device_id}-{self.last_device_id}"
+        return key if self.due is None else f"{key}@{self.due}"
 
     @classmethod
     def from_key(cls, key: str) -> PageRef:
         name = key.rsplit("/", 1)[-1]
         try:
+            name, _, due = name.partition("@")
             number, bounds = name.split("_", 1)
             first, last = bounds.split("-", 1)
-            return cls(int(number), int(first), int(last))
+            return cls(int(number), int(first), int(last), int(due) if due else None)
         except ValueError:
             raise ValueError(f"not a page key: {key!r}") from None
 
@@ -140,6 +156,8 @@ class DeliveryResult:
     outcome: Outcome
     sns_message_id: str | None = None
     error: str | None = None
+    # For Outcome.DEFERRED: when quiet hours end (ISO 8601, UTC).
+    deferred_until: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         raw: dict[str, Any] = {
@@ -151,6 +169,8 @@ class DeliveryResult:
             raw["sns_message_id"] = self.sns_message_id
         if self.error is not None:
             raw["error"] = self.error
+        if self.deferred_until is not None:
+            raw["deferred_until"] = self.deferred_until
         return raw
 
     @classmethod
@@ -161,6 +181,7 @@ class DeliveryResult:
             outcome=Outcome(raw["outcome"]),
             sns_message_id=raw.get("sns_message_id"),
             error=raw.get("error"),
+            deferred_until=raw.get("deferred_until"),
         )
 
 

@@ -15,19 +15,17 @@ PAGE_BUDGET_BYTES = 160 * 1024
 # A recipient without attributes: ids, platform, locale, zone and an endpoint
 # ARN of up to ~140 characters, as JSON with its keys.
 RECIPIENT_BASE_BYTES = 320
-# Per attribute: its key and quotes, and JSON's escaping of non-ASCII text
-# (\uXXXX: at most three bytes of JSON per byte of UTF-8).
-ATTRIBUTE_KEY_BYTES = 48
-ESCAPE_FACTOR = 3
+# Per attribute: its key, colon and comma.
+ATTRIBUTE_KEY_BYTES = 72
 MIN_PAGE_SIZE = 10
 
 
 def page_size_for(configured: int, attribute_bytes: int = 0, attribute_count: int = 0) -> int:
-    """The page size for a send whose recipients carry at most `attribute_bytes` of values."""
-    per_recipient = (
-        RECIPIENT_BASE_BYTES
-        + attribute_count * ATTRIBUTE_KEY_BYTES
-        + attribute_bytes * ESCAPE_FACTOR
-    )
+    """The page size for a send whose recipients carry at most `attribute_bytes` of values.
+
+    `attribute_bytes` is what the values weigh as JSON, escapes included (Prepare
+    measures a bound on it in PostgreSQL).
+    """
+    per_recipient = RECIPIENT_BASE_BYTES + attribute_count * ATTRIBUTE_KEY_BYTES + attribute_bytes
     fits = PAGE_BUDGET_BYTES // per_recipient
     return max(MIN_PAGE_SIZE, min(configured, fits))

@@ -8,11 +8,12 @@ to Lambda; the rules live here.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pushflow.domain.categories import category as lookup_category
 from pushflow.domain.content import ContentError, compile_content, placeholders, validate_content
-from pushflow.domain.errors import ThrottledError
+from pushflow.domain.errors import ThrottledError, UnfillablePlaceholder
 from pushflow.domain.models import (
     DeliveryResult,
     Notification,
@@ -28,6 +29,7 @@ from pushflow.domain.ports import (
     NotificationRepository,
     PagePlans,
     PublishMarkers,
+    RecipientRules,
     WorkflowStarter,
 )
 
@@ -96,9 +98,7 @@ def prepare(
     }
     if notification.status is NotificationStatus.CANCELLED:
         return summary
-    keys = sorted(placeholders(notification.content))
-    attribute_bytes = repository.max_attribute_bytes(notification.audience, keys)
-    page_size = page_size_for(configured_page_size, attribute_bytes, len(keys))
+    page_size = page_size_for(configured_page_size, *_attribute_load(repository, notification))
     pages = repository.plan_pages(notification.audience, page_size)
     recipient_count = sum(count for _, count in pages)
     if pages:
@@ -109,6 +109,72 @@ def prepare(
     return summary
 
 
+def _attribute_load(
+    repository: NotificationRepository, notification: Notification
+) -> tuple[int, int]:
+    """(bytes, count) of the attributes a page carries; refuses unfillable placeholders.
+
+    A placeholder some recipient has no attribute for is refused here, before
+    anything is sent: the send fails with the placeholder and how many lack it.
+    """
+    keys = sorted(placeholders(notification.content))
+    stats = repository.attribute_stats(notification.audience, keys)
+    if stats.missing:
+        missing = ", ".join(f"{{{key}}} for {count}" for key, count in stats.missing.items())
+        raise UnfillablePlaceholder(
+            f"placeholders no attribute can fill: {missing} recipient(s)", "content"
+        )
+    return stats.max_bytes, len(keys)
+
+
+# -- PlanDeferred ---------------------------------------------------------------
+
+# Recipients whose quiet hours end within this window of the earliest are sent
+# together, at the latest end among them: at most 96 passes a day, each a few
+# events in the parent's history, and never a push inside someone's quiet hours.
+DEFERRAL_WINDOW = timedelta(minutes=15)
+MAX_DEFERRED_PASSES = 200
+
+
+def plan_deferred(
+    event: Mapping[str, Any],
+    repository: NotificationRepository,
+    page_plans: PagePlans,
+    configured_page_size: int,
+) -> dict[str, Any]:
+    """Plan the next pass over recipients deferred by quiet hours, and when to send it."""
+    notification_id = event["notification_id"]
+    deferred_pass = int(event.get("deferred_pass", 0)) + 1
+    summary: dict[str, Any] = {
+        "notification_id": notification_id,
+        "execution_arn": event.get("execution_arn", ""),
+        "max_concurrency": event["max_concurrency"],
+        "deferred_pass": deferred_pass,
+        "page_count": 0,
+    }
+    repository.close_orphaned_deferrals(notification_id)
+    earliest = repository.earliest_deferral(notification_id)
+    if earliest is None:
+        return summary
+    if deferred_pass > MAX_DEFERRED_PASSES:
+        repository.fail_deferred(notification_id, "too many deferred passes")
+        return summary
+    notification = repository.get_notification(notification_id)
+    page_size = page_size_for(configured_page_size, *_attribute_load(repository, notification))
+    pages, send_at = repository.plan_deferred_pages(
+        notification_id, earliest + DEFERRAL_WINDOW, page_size
+    )
+    if not pages or send_at is None:
+        return summary
+    run = f"{str(summary['execution_arn']).rsplit(':', 1)[-1] or 'manual'}/deferred-{deferred_pass}"
+    summary.update(
+        page_count=len(pages),
+        page_plan=page_plans.write(notification_id, run, [page for page, _ in pages]),
+        wait_until=_iso(send_at),
+    )
+    return summary
+
+
 # -- ResolveRecipients ----------------------------------------------------------
 
 
@@ -116,21 +182,55 @@ def resolve(event: Mapping[str, Any], repository: NotificationRepository) -> dic
     notification = repository.get_notification(event["notification_id"])
     page = PageRef.from_event(event)
     keys = sorted(placeholders(notification.content))
-    recipients = repository.resolve_page(notification.audience, page, keys)
+    recipients = repository.resolve_page(notification.audience, page, keys, notification.id)
     return page_event(notification.id, page, recipients=[r.to_dict() for r in recipients])
 
 
 # -- FilterRecipients -----------------------------------------------------------
 
 
-def filter_recipients(event: Mapping[str, Any]) -> dict[str, Any]:
-    """Every recipient passes (the Redis rules come with "Delivery rules")."""
-    return page_event(
-        event["notification_id"],
-        PageRef.from_event(event),
-        recipients=list(event["recipients"]),
-        filtered=[],
+def filter_recipients(
+    event: Mapping[str, Any],
+    repository: NotificationRepository,
+    recipient_filter: RecipientRules,
+    now: datetime,
+) -> dict[str, Any]:
+    """Keep the recipients a push may reach now; the others keep their reason."""
+    notification = repository.get_notification(event["notification_id"])
+    page = PageRef.from_event(event)
+    recipients = [Recipient.from_dict(raw) for raw in event["recipients"]]
+    mode = notification.request.get("quiet_hours")
+    if page.due is not None:
+        # A deferred pass sends what quiet hours held back, once they are over
+        # (a Wait may wake a moment early): it never defers again.
+        mode = "suppress"
+        now = max(now, datetime.fromtimestamp(page.due, UTC))
+    decision = recipient_filter.apply(
+        notification.id,
+        page.key(),
+        lookup_category(notification.category),
+        "defer" if mode == "defer" else "suppress",
+        recipients,
+        now,
     )
+    filtered = [r.to_dict() for r in decision.filtered]
+    filtered += [
+        DeliveryResult(
+            r.device_id, r.user_id, Outcome.DEFERRED, deferred_until=_iso(until)
+        ).to_dict()
+        for r, until in decision.deferred
+    ]
+    return page_event(
+        notification.id,
+        page,
+        recipients=[r.to_dict() for r in decision.eligible],
+        filtered=filtered,
+    )
+
+
+def _iso(moment: datetime) -> str:
+    """RFC 3339 in UTC, as Step Functions' Wait state takes it."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # -- PublishBatch ---------------------------------------------------------------
@@ -188,7 +288,7 @@ def publish(
         results += [DeliveryResult(r.device_id, r.user_id, Outcome.CANCELLED) for r in recipients]
         return page_event(notification.id, page, results=[r.to_dict() for r in results])
 
-    claims = markers.claim(notification.id, page.number, [r.device_id for r in recipients])
+    claims = markers.claim(notification.id, page.key(), [r.device_id for r in recipients])
     content = compile_content(notification.content)
     pushes: list[PushMessage] = []
     by_device: dict[int, Recipient] = {}
@@ -248,7 +348,7 @@ def publish(
             )
         else:
             released.append(outcome.device_id)
-    markers.settle(notification.id, page.number, settled, released)
+    markers.settle(notification.id, page.key(), settled, released)
 
     if released:
         # Make what went out durable before asking for the retry.
