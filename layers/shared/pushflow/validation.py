@@ -31,15 +31,23 @@ def _validator(name: str) -> Draft202012Validator:
     return Draft202012Validator(schema(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
+def _offending_name(error: ValidationError) -> str | None:
+    """The property a `required` or `additionalProperties` error is about, from the data."""
+    instance = error.instance if isinstance(error.instance, dict) else {}
+    if error.validator == "required":
+        return next((name for name in error.validator_value if name not in instance), None)
+    if error.validator == "additionalProperties":
+        allowed = error.schema.get("properties", {})
+        return next((name for name in instance if name not in allowed), None)
+    return None
+
+
 def _field(error: ValidationError) -> str:
     path = ".".join(str(part) for part in error.absolute_path)
-    if error.validator == "required":
-        missing = error.message.split("'")[1] if "'" in error.message else ""
-        return f"{path}.{missing}" if path else missing
-    if error.validator == "additionalProperties" and "'" in error.message:
-        extra = error.message.split("'")[1]
-        return f"{path}.{extra}" if path else extra
-    return path
+    name = _offending_name(error)
+    if name is None:
+        return path
+    return f"{path}.{name}" if path else name
 
 
 def _message(error: ValidationError) -> str:

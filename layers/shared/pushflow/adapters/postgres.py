@@ -145,11 +145,17 @@ _RECIPIENT_COLUMNS = "d.id, d.user_id, d.platform, d.sandbox, d.endpoint_arn, u.
 
 
 class Repository:
-    def __init__(self, connect: Callable[[], pg8000.native.Connection]) -> None:
+    def __init__(
+        self, connect: Callable[[], pg8000.native.Connection], max_idle: int = 8
+    ) -> None:
         self._connect = connect
-        self._local = threading.local()
-        self._all: list[pg8000.native.Connection] = []
-        self._all_lock = threading.Lock()
+        # A small pool of idle connections, taken for each statement or
+        # transaction and given back: a Lambda process keeps its one
+        # connection warm, and local mode's many short-lived Map threads share
+        # a few instead of each leaving one open.
+        self._idle: list[pg8000.native.Connection] = []
+        self._max_idle = max_idle
+        self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Repository:
@@ -161,39 +167,38 @@ class Repository:
 
     # -- connections -------------------------------------------------------
 
-    def _connection(self) -> pg8000.native.Connection:
-        conn: pg8000.native.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                conn = self._connect()
-            except Exception as error:
-                raise TransientDatabaseError(f"cannot connect to PostgreSQL: {error}") from error
-            self._local.conn = conn
-            with self._all_lock:
-                self._all.append(conn)
-        return conn
+    def _checkout(self) -> pg8000.native.Connection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        try:
+            return self._connect()
+        except Exception as error:
+            raise TransientDatabaseError(f"cannot connect to PostgreSQL: {error}") from error
 
-    def _drop_connection(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            with self._all_lock:
-                if conn in self._all:
-                    self._all.remove(conn)
-            with contextlib.suppress(Exception):
-                conn.close()
+    def _checkin(self, conn: pg8000.native.Connection) -> None:
+        with self._lock:
+            if len(self._idle) < self._max_idle:
+                self._idle.append(conn)
+                return
+        _close_quietly(conn)
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[pg8000.native.Connection]:
         """A connection; a failure that is the connection's fault drops it and is transient."""
-        conn = self._connection()
+        conn = self._checkout()
         try:
             yield conn
         except Exception as error:
             if _is_transient(error):
-                self._drop_connection()
+                _close_quietly(conn)
                 raise TransientDatabaseError(f"PostgreSQL: {error}") from error
+            self._checkin(conn)
             raise
+        except BaseException:
+            _close_quietly(conn)
+            raise
+        self._checkin(conn)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[pg8000.native.Connection]:
@@ -213,12 +218,11 @@ class Repository:
             return rows
 
     def close(self) -> None:
-        with self._all_lock:
-            connections, self._all = self._all, []
-        for conn in connections:
-            with contextlib.suppress(Exception):
-                conn.close()
-        self._local = threading.local()
+        """Close the idle connections (at shutdown none is in use)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            _close_quietly(conn)
 
     # -- schema ------------------------------------------------------------
 
@@ -372,12 +376,17 @@ class Repository:
         key_params = {f"k{i}": key for i, key in enumerate(keys)}
         # A bound on each value's size in the JSON Lambda returns (json.dumps, ASCII-only):
         # jsonb's text form already escapes quotes and control characters; every
-        # byte a non-ASCII character adds to UTF-8 becomes at most four more.
-        sizes = " + ".join(
-            f"coalesce(octet_length((u.attributes -> :{k})::text) * 5"
-            f" - char_length((u.attributes -> :{k})::text) * 4, 0)"
-            for k in key_params
-        )
+        # byte a non-ASCII character adds to UTF-8 becomes at most four more; DEL
+        # is the one ASCII character it leaves as is and json.dumps escapes.
+        def json_weight(k: str) -> str:
+            text = f"(u.attributes -> :{k})::text"
+            return (
+                f"coalesce(octet_length({text}) * 5 - char_length({text}) * 4"
+                # DEL stays one byte in jsonb's text but becomes \u007f (six).
+                f" + (char_length({text}) - char_length(replace({text}, chr(127), ''))) * 5, 0)"
+            )
+
+        sizes = " + ".join(json_weight(k) for k in key_params)
         lacking = ", ".join(
             f"count(*) FILTER (WHERE u.attributes -> :{k} IS NULL"
             f" OR u.attributes -> :{k} = 'null'::jsonb)"
@@ -647,6 +656,11 @@ class Repository:
             for row in rows
         }
         return {user_id: stored.get(user_id, DEFAULT_PREFERENCES) for user_id in ids}
+
+
+def _close_quietly(conn: pg8000.native.Connection) -> None:
+    with contextlib.suppress(Exception):
+        conn.close()
 
 
 def _copy_text(value: str | None) -> str:

@@ -1,0 +1,242 @@
+"""Publishing to SNS platform endpoints (moto): outcomes, and throttling without double pushes."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+
+from pushflow.adapters.sns import PublishStatus, PushMessage, SnsPublisher, classify
+from pushflow.domain import sending
+from pushflow.domain.content import render
+from pushflow.domain.errors import ThrottledError
+from pushflow.domain.models import NotificationStatus, PageRef
+from pushflow.domain.payloads import build_sns_message
+from pushflow_local.runtime import ACCOUNT, REGION, LocalRuntime
+from pushflow_local.seed import SeededDevice, SeedUser, disable_endpoints, seed_users
+
+pytestmark = pytest.mark.integration
+
+CONTENT: dict[str, Any] = {
+    "title": "Hi {first_name}",
+    "body": "Your order shipped",
+    "localizations": {"de": {"title": "Hallo {first_name}", "body": "Deine Bestellung ist da"}},
+}
+REQUEST: dict[str, Any] = {
+    "category": "transactional",
+    "audience": {"type": "all"},
+    "content": CONTENT,
+}
+
+
+def recorded(endpoint_arn: str) -> dict[str, str]:
+    """What SNS (moto) holds for one endpoint: message id -> message."""
+    from moto.sns.models import sns_backends
+
+    return dict(sns_backends[ACCOUNT][REGION].platform_endpoints[endpoint_arn].messages)
+
+
+def push_to(device: SeededDevice, name: str = "Anna") -> PushMessage:
+    rendered = render(CONTENT, "en", {"first_name": name})
+    message = build_sns_message(rendered, device.platform, device.sandbox)  # type: ignore[arg-type]
+    return PushMessage(
+        device.device_id, device.endpoint_arn, message.message, message.message_attributes
+    )
+
+
+def client_error(code: str, http_status: int) -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": code},
+            "ResponseMetadata": {"HTTPStatusCode": http_status},
+        },
+        "Publish",
+    )
+
+
+class ThrottlingSns:
+    """The real SNS client, except that its first `throttled` publishes answer Throttling."""
+
+    def __init__(self, client: Any, throttled: int) -> None:
+        self._client = client
+        self._throttled = throttled
+        self._lock = threading.Lock()
+        self.publishes = 0
+
+    def publish(self, **kwargs: Any) -> Any:
+        with self._lock:
+            self.publishes += 1
+            throttle = self.publishes <= self._throttled
+        if throttle:
+            raise client_error("Throttling", 400)
+        return self._client.publish(**kwargs)
+
+
+@pytest.fixture
+def devices(clean_runtime: LocalRuntime) -> list[SeededDevice]:
+    # Tokens (so endpoints) unique per test: moto keeps endpoints and their messages all session.
+    prefix = f"pub-{uuid.uuid4().hex[:10]}"
+    users = [
+        SeedUser(
+            f"{prefix}-{i}",
+            "de" if i % 2 else "en",
+            attributes={"first_name": f"User{i}"},
+            devices=[("ios", i % 3 == 0), ("android", False)],
+        )
+        for i in range(6)
+    ]
+    return seed_users(clean_runtime, users)
+
+
+# -- the publisher -------------------------------------------------------------------
+
+
+def test_a_push_to_an_enabled_endpoint_is_sent_with_the_sns_message_id(
+    clean_runtime: LocalRuntime, devices: list[SeededDevice]
+) -> None:
+    device = next(d for d in devices if d.platform == "ios")
+    push = push_to(device)
+
+    [outcome] = clean_runtime.services.publisher.publish([push])
+
+    assert outcome.status is PublishStatus.SENT
+    assert outcome.device_id == device.device_id
+    assert recorded(device.endpoint_arn) == {outcome.message_id: push.message}
+
+
+def test_a_push_to_a_disabled_endpoint_reports_it_disabled_and_is_not_delivered(
+    clean_runtime: LocalRuntime, devices: list[SeededDevice]
+) -> None:
+    device = devices[0]
+    disable_endpoints(clean_runtime, [device.endpoint_arn])
+
+    [outcome] = clean_runtime.services.publisher.publish([push_to(device)])
+
+    assert outcome.status is PublishStatus.ENDPOINT_DISABLED
+    assert outcome.error == "EndpointDisabled"
+    assert outcome.message_id is None
+    assert recorded(device.endpoint_arn) == {}
+
+
+def test_outcomes_come_back_in_the_order_of_the_pushes(
+    clean_runtime: LocalRuntime, devices: list[SeededDevice]
+) -> None:
+    disabled = devices[1::2]
+    disable_endpoints(clean_runtime, [d.endpoint_arn for d in disabled])
+
+    outcomes = clean_runtime.services.publisher.publish([push_to(d) for d in devices])
+
+    assert [o.device_id for o in outcomes] == [d.device_id for d in devices]
+    assert [o.status for o in outcomes] == [
+        PublishStatus.ENDPOINT_DISABLED if d in disabled else PublishStatus.SENT for d in devices
+    ]
+
+
+def test_publishing_nothing_calls_nothing(clean_runtime: LocalRuntime) -> None:
+    assert clean_runtime.services.publisher.publish([]) == []
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (client_error("Throttling", 400), PublishStatus.THROTTLED),
+        (client_error("ThrottlingException", 400), PublishStatus.THROTTLED),
+        (client_error("TooManyRequests", 429), PublishStatus.THROTTLED),
+        (client_error("InternalError", 500), PublishStatus.RETRYABLE),
+        (client_error("ServiceUnavailable", 503), PublishStatus.RETRYABLE),
+        (client_error("BadGateway", 502), PublishStatus.RETRYABLE),
+        (client_error("EndpointDisabled", 400), PublishStatus.ENDPOINT_DISABLED),
+        (client_error("InvalidParameter", 400), PublishStatus.FAILED),
+        (client_error("AuthorizationError", 403), PublishStatus.FAILED),
+    ],
+)
+def test_sns_errors_are_classified_by_what_the_send_does_next(
+    error: ClientError, status: PublishStatus
+) -> None:
+    outcome = classify(7, error)
+
+    assert (outcome.device_id, outcome.status) == (7, status)
+    assert outcome.error == error.response["Error"]["Code"]
+    assert outcome.message_id is None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        EndpointConnectionError(endpoint_url="https://sns.invalid"),
+        ReadTimeoutError(endpoint_url="https://sns.invalid"),
+        ConnectionResetError("connection reset by peer"),
+    ],
+)
+def test_network_failures_are_retried(error: Exception) -> None:
+    assert classify(7, error).status is PublishStatus.RETRYABLE
+
+
+def test_a_programming_error_is_not_mistaken_for_an_sns_answer() -> None:
+    with pytest.raises(KeyError):
+        classify(7, KeyError("MessageId"))
+
+
+# -- sending.publish under throttling --------------------------------------------------
+
+
+def test_a_throttled_page_records_what_went_out_and_the_retry_pushes_only_the_rest(
+    clean_runtime: LocalRuntime, devices: list[SeededDevice]
+) -> None:
+    # GIVEN a page of a send, and SNS throttling the first 4 publishes
+    repository = clean_runtime.services.repository
+    store = clean_runtime.services.store
+    notification, _ = repository.create_notification(
+        REQUEST, "transactional", NotificationStatus.RUNNING
+    )
+    page = PageRef(0, devices[0].device_id, devices[-1].device_id)
+    resolved = sending.resolve(
+        {"notification_id": notification.id, "page": page.to_dict()}, repository
+    )
+    event = {**resolved, "filtered": []}  # as FilterRecipients passes a page it keeps whole
+    assert len(event["recipients"]) == len(devices)
+    sns = ThrottlingSns(clean_runtime.client("sns"), throttled=4)
+    publisher = SnsPublisher(sns, concurrency=4)
+
+    # WHEN the page is published
+    with pytest.raises(ThrottledError):
+        sending.publish(event, repository, store, publisher)
+
+    # THEN the pushes that went out are recorded before the retry is asked for
+    first_rows = {d: r for d, r in repository.page_deliveries(notification.id, 0).items()}
+    assert len(first_rows) == len(devices) - 4
+    assert {r.outcome.value for r in first_rows.values()} == {"sent"}
+    by_id = {d.device_id: d for d in devices}
+    for device_id, row in first_rows.items():
+        assert set(recorded(by_id[device_id].endpoint_arn)) == {row.sns_message_id}
+    throttled = [d for d in devices if d.device_id not in first_rows]
+    assert all(recorded(d.endpoint_arn) == {} for d in throttled)
+
+    # WHEN the ASL retries the same event
+    retried = sending.publish(event, repository, store, publisher)
+    sending.record(retried, repository)
+
+    # THEN every device has exactly one push, and one row carrying its message id
+    results = {r["device_id"]: r for r in retried["results"]}
+    assert set(results) == set(by_id)
+    assert sns.publishes == len(devices) + 4
+    for device in devices:
+        messages = recorded(device.endpoint_arn)
+        assert len(messages) == 1, device
+        assert results[device.device_id]["outcome"] == "sent"
+        assert set(messages) == {results[device.device_id]["sns_message_id"]}
+    final_rows = repository.page_deliveries(notification.id, 0)
+    assert {d: r.sns_message_id for d, r in final_rows.items()} == {
+        d: r["sns_message_id"] for d, r in results.items()
+    }
+    # The localized title reached the German recipients.
+    german = next(d for d in devices if d.user_external_id.endswith("-1"))
+    [message] = recorded(german.endpoint_arn).values()
+    payload = json.loads(message)
+    key = "GCM" if german.platform == "android" else "APNS_SANDBOX" if german.sandbox else "APNS"
+    platform_payload = json.loads(payload[key])
+    assert "Hallo User1" in json.dumps(platform_payload, ensure_ascii=False)
