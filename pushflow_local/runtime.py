@@ -21,7 +21,7 @@ import time
 import traceback
 import uuid
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -202,23 +202,35 @@ class LocalRuntime:
         original_time = vars(retrier_decl)["time"]
         setattr(retrier_decl, "time", _ScaledSleep(self.retry_sleep_scale))  # noqa: B010
         self._stack.callback(setattr, retrier_decl, "time", original_time)
-        if self.virtual_time:
-            self._patch_wait_states()
+        self._patch_wait_states()
 
     def _patch_wait_states(self) -> None:
+        """Under virtual time, a Wait state moves the clock instead of sleeping."""
         from moto.stepfunctions.parser.asl.component.state.wait.wait_function import (
             wait_function,
         )
 
-        clock = self.clock
-
-        def advance(function: Any, env: Any, wait_seconds: int) -> None:
-            # moto measures waits against the real clock; ours runs ahead of it.
-            clock.advance_to(datetime.now(UTC) + timedelta(seconds=wait_seconds))
-
+        runtime = self
         original = wait_function.WaitFunction._wait_interval
-        wait_function.WaitFunction._wait_interval = advance  # type: ignore[method-assign,assignment]
+
+        def wait(function: Any, env: Any, wait_seconds: int) -> None:
+            if not runtime.virtual_time:
+                original(function, env, wait_seconds)
+                return
+            # moto measures a wait against the real clock; ours may run ahead of it.
+            runtime.clock.advance_to(datetime.now(UTC) + timedelta(seconds=wait_seconds))
+
+        wait_function.WaitFunction._wait_interval = wait  # type: ignore[method-assign,assignment]
         self._stack.callback(setattr, wait_function.WaitFunction, "_wait_interval", original)
+
+    @contextlib.contextmanager
+    def virtual_time_enabled(self) -> Iterator[None]:
+        """Run Wait states on the movable clock for a while (tests of deferrals)."""
+        previous, self.virtual_time = self.virtual_time, True
+        try:
+            yield
+        finally:
+            self.virtual_time = previous
 
     def _set_env(self, name: str, value: str) -> None:
         previous = os.environ.get(name)
