@@ -145,9 +145,7 @@ _RECIPIENT_COLUMNS = "d.id, d.user_id, d.platform, d.sandbox, d.endpoint_arn, u.
 
 
 class Repository:
-    def __init__(
-        self, connect: Callable[[], pg8000.native.Connection], max_idle: int = 8
-    ) -> None:
+    def __init__(self, connect: Callable[[], pg8000.native.Connection], max_idle: int = 8) -> None:
         self._connect = connect
         # A small pool of idle connections, taken for each statement or
         # transaction and given back: a Lambda process keeps its one
@@ -374,6 +372,7 @@ class Repository:
             return AttributeStats()
         audience = Audience(audience_spec)
         key_params = {f"k{i}": key for i, key in enumerate(keys)}
+
         # A bound on each value's size in the JSON Lambda returns (json.dumps, ASCII-only):
         # jsonb's text form already escapes quotes and control characters; every
         # byte a non-ASCII character adds to UTF-8 becomes at most four more; DEL
