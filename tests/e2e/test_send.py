@@ -64,7 +64,7 @@ def expected_page_size(runtime: LocalRuntime) -> int:
 def send(runtime: LocalRuntime, request: dict[str, Any]) -> tuple[Notification, dict[str, Any]]:
     """Validate and submit as the API does; wait for the execution to end."""
     notification, created = sending.submit(
-        validate("send_request", request),
+        validate("SendRequest", request),
         runtime.services.repository,
         runtime.services.workflow,
     )
@@ -306,7 +306,7 @@ def test_a_send_missing_a_required_field_is_refused_naming_it(
     # WHEN the request comes in as the API takes it: validated, then submitted
     with pytest.raises(InvalidRequest) as raised:
         sending.submit(
-            validate("send_request", request),
+            validate("SendRequest", request),
             clean_runtime.services.repository,
             clean_runtime.services.workflow,
         )

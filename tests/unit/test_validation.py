@@ -23,7 +23,7 @@ VALID: dict[str, Any] = {
 
 def refusal(document: Any) -> InvalidRequest:
     with pytest.raises(InvalidRequest) as raised:
-        validate("send_request", document)
+        validate("SendRequest", document)
     return raised.value
 
 
@@ -44,7 +44,7 @@ def changed(path: str, value: Any) -> dict[str, Any]:
 def test_the_sample_send_event_is_a_valid_request() -> None:
     body = json.loads(load_event("api_send_notification.json")["body"])
 
-    assert validate("send_request", body) == body
+    assert validate("SendRequest", body) == body
 
 
 @pytest.mark.parametrize(
@@ -58,7 +58,7 @@ def test_the_sample_send_event_is_a_valid_request() -> None:
     ],
 )
 def test_every_audience_type_is_accepted(audience: dict[str, Any]) -> None:
-    validate("send_request", {**VALID, "audience": audience})
+    validate("SendRequest", {**VALID, "audience": audience})
 
 
 @pytest.mark.parametrize(

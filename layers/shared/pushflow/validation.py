@@ -1,67 +1,120 @@
-"""Validation of what comes in, against the JSON Schemas in `schemas/`.
+"""Validation of what comes in, against the API's own OpenAPI document.
 
-The same schema files validate at the edge (API Gateway's model, the local
-server) and in the code, so a request is refused the same way everywhere.
-The first error is reported with the field it concerns, as a dotted path.
+`schemas/openapi.yaml` is the one contract: API Gateway validates request
+bodies with its component schemas, the local server does the same, and so
+does the code here — so a request is refused the same way everywhere. The
+schemas keep to JSON Schema draft 4 (what API Gateway understands). The first
+error is reported with the field it concerns, as a dotted path; for a `oneOf`
+with a discriminator (the audience's `type`), the error of the chosen branch.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
 
-from jsonschema import Draft202012Validator
+import yaml
+from jsonschema import Draft4Validator
 from jsonschema.exceptions import ValidationError, best_match
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT4
 
 from pushflow.domain.errors import InvalidRequest
 
-
-@cache
-def schema(name: str) -> dict[str, Any]:
-    text = resources.files("pushflow.schemas").joinpath(f"{name}.json").read_text()
-    loaded: dict[str, Any] = json.loads(text)
-    return loaded
+_DOCUMENT_URI = "urn:pushflow:openapi"
 
 
 @cache
-def _validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator(schema(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
+def openapi() -> dict[str, Any]:
+    text = resources.files("pushflow.schemas").joinpath("openapi.yaml").read_text()
+    document: dict[str, Any] = yaml.safe_load(text)
+    return document
 
 
-def _offending_name(error: ValidationError) -> str | None:
-    """The property a `required` or `additionalProperties` error is about, from the data."""
+# The default when the document does not say (x-pushflow-max-body-bytes).
+MAX_BODY_BYTES = 65536
+
+
+def max_body_bytes() -> int:
+    return int(openapi().get("x-pushflow-max-body-bytes", MAX_BODY_BYTES))
+
+
+@cache
+def _registry() -> Registry[Any]:
+    resource: Resource[Any] = Resource.from_contents(openapi(), default_specification=DRAFT4)
+    registry: Registry[Any] = Registry().with_resource(_DOCUMENT_URI, resource)
+    return registry
+
+
+@cache
+def validator(name: str) -> Draft4Validator:
+    """A validator for the component schema `name` (refs resolve within the document)."""
+    if name not in openapi()["components"]["schemas"]:
+        raise KeyError(f"no schema {name!r} in openapi.yaml")
+    schema = {"$ref": f"{_DOCUMENT_URI}#/components/schemas/{name}"}
+    return Draft4Validator(schema, registry=_registry())
+
+
+def _join(path: Sequence[Any], name: str | None = None) -> str:
+    parts = [str(part) for part in path]
+    if name is not None:
+        parts.append(name)
+    return ".".join(parts)
+
+
+def _explain(error: ValidationError, prefix: Sequence[Any] = ()) -> InvalidRequest:
+    path = [*prefix, *error.absolute_path]
     instance = error.instance if isinstance(error.instance, dict) else {}
     if error.validator == "required":
-        return next((name for name in error.validator_value if name not in instance), None)
-    if error.validator == "additionalProperties":
+        name = next((n for n in error.validator_value if n not in instance), None)
+        return InvalidRequest(f"missing required field {_join(path, name)!r}", _join(path, name))
+    if error.validator == "additionalProperties" and error.validator_value is False:
         allowed = error.schema.get("properties", {})
-        return next((name for name in instance if name not in allowed), None)
-    return None
+        name = next((n for n in instance if n not in allowed), None)
+        return InvalidRequest(f"unknown field {_join(path, name)!r}", _join(path, name))
+    field = _join(path)
+    return InvalidRequest(f"{field or 'request'}: {error.message}", field or None)
 
 
-def _field(error: ValidationError) -> str:
-    path = ".".join(str(part) for part in error.absolute_path)
-    name = _offending_name(error)
-    if name is None:
-        return path
-    return f"{path}.{name}" if path else name
+def _discriminated(error: ValidationError) -> ValidationError | None:
+    """The outermost `oneOf` with a discriminator this error sits in, if any."""
+    found = None
+    node: ValidationError | None = error
+    while node is not None:
+        if (
+            node.validator == "oneOf"
+            and isinstance(node.schema, Mapping)
+            and "discriminator" in node.schema
+        ):
+            found = node
+        node = node.parent
+    return found
 
 
-def _message(error: ValidationError) -> str:
-    if error.validator == "required":
-        return f"missing required field {_field(error)!r}"
-    if error.validator == "additionalProperties":
-        return f"unknown field {_field(error)!r}"
-    return f"{_field(error) or 'request'}: {error.message}"
+def _explain_branch(error: ValidationError) -> InvalidRequest:
+    discriminator = error.schema["discriminator"]
+    name = discriminator["propertyName"]
+    mapping: Mapping[str, str] = discriminator.get("mapping", {})
+    path = list(error.absolute_path)
+    if isinstance(error.instance, dict) and name not in error.instance:
+        return InvalidRequest(f"missing required field {_join(path, name)!r}", _join(path, name))
+    if not isinstance(error.instance, dict) or error.instance.get(name) not in mapping:
+        field = _join(path, name)
+        return InvalidRequest(f"{field} must be one of {', '.join(sorted(mapping))}", field)
+    branch = mapping[error.instance[name]].rsplit("/", 1)[-1]
+    inner = best_match(validator(branch).iter_errors(error.instance))
+    if inner is None:  # valid for its branch yet not oneOf: matches two branches
+        return InvalidRequest(f"{_join(path) or 'request'} is ambiguous", _join(path) or None)
+    return _explain(inner, path)
 
 
 def validate(name: str, document: Any) -> Mapping[str, Any]:
-    """Validate against schema `name`; raise InvalidRequest naming the first bad field."""
-    error = best_match(_validator(name).iter_errors(document))
+    """Validate against component schema `name`; raise InvalidRequest naming the field."""
+    error = best_match(validator(name).iter_errors(document))
     if error is not None:
-        raise InvalidRequest(_message(error), _field(error) or None)
+        branch = _discriminated(error)
+        raise _explain_branch(branch) if branch is not None else _explain(error)
     result: Mapping[str, Any] = document
     return result
