@@ -1,69 +1,282 @@
-"""ApiFunction: the HTTP API behind API Gateway (Powertools event handler)."""
+"""ApiFunction: Pushflow's HTTP API behind API Gateway (Powertools event handler).
+
+End-user routes (`/v1/me/...`) act for the user in the Cognito token's `sub`,
+never for one named in the body; backend routes need the API key that API
+Gateway checked. Bodies are validated against the component schemas of the
+same OpenAPI document API Gateway validates with.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
-from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 
-from pushflow.domain import sending
-from pushflow.domain.errors import Conflict, InvalidRequest, NotFound
+from pushflow.domain import registration, sending
+from pushflow.domain.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    TransientError,
+    Unauthorized,
+)
 from pushflow.handler import task
+from pushflow.observability import logger
 from pushflow.services import Services
-from pushflow.validation import validate
+from pushflow.validation import max_body_bytes, validate
 
 app = APIGatewayRestResolver()
 
+Body = dict[str, Any]
 
-def _json(status: int, body: dict[str, Any]) -> Response[dict[str, Any]]:
-    return Response(status_code=status, content_type="application/json", body=body)
+
+class PayloadTooLarge(InvalidRequest):
+    pass
+
+
+# -- answers ----------------------------------------------------------------------
+
+
+def _json(status: int, body: Any) -> Response[Any]:
+    return Response(status_code=status, content_type="application/json", body=json.dumps(body))
+
+
+def _error(status: int, code: str, message: str, field: str | None = None) -> Response[Any]:
+    body = {"error": code, "message": message}
+    if field:
+        body["field"] = field
+    return _json(status, body)
+
+
+@app.exception_handler(PayloadTooLarge)  # type: ignore[untyped-decorator]
+def too_large(error: PayloadTooLarge) -> Response[Any]:
+    return _error(413, "payload_too_large", error.message)
 
 
 @app.exception_handler(InvalidRequest)  # type: ignore[untyped-decorator]
-def invalid_request(error: InvalidRequest) -> Response[dict[str, Any]]:
-    return _json(400, error.to_dict())
+def invalid_request(error: InvalidRequest) -> Response[Any]:
+    return _error(400, "invalid_request", error.message, error.field)
+
+
+@app.exception_handler(Unauthorized)  # type: ignore[untyped-decorator]
+def unauthorized(error: Unauthorized) -> Response[Any]:
+    return _error(401, "unauthorized", str(error))
+
+
+@app.exception_handler(Forbidden)  # type: ignore[untyped-decorator]
+def forbidden(error: Forbidden) -> Response[Any]:
+    return _error(403, "forbidden", str(error))
 
 
 @app.exception_handler(NotFound)  # type: ignore[untyped-decorator]
-def not_found(error: NotFound) -> Response[dict[str, Any]]:
-    return _json(404, {"error": "not_found", "message": str(error)})
+def not_found(error: NotFound) -> Response[Any]:
+    return _error(404, "not_found", str(error))
 
 
 @app.exception_handler(Conflict)  # type: ignore[untyped-decorator]
-def conflict(error: Conflict) -> Response[dict[str, Any]]:
-    return _json(409, {"error": "conflict", "message": str(error)})
+def conflict(error: Conflict) -> Response[Any]:
+    return _error(409, "conflict", str(error))
+
+
+@app.exception_handler(TransientError)  # type: ignore[untyped-decorator]
+def unavailable(error: TransientError) -> Response[Any]:
+    logger.warning("dependency unavailable", extra={"error": str(error)})
+    return _error(503, "unavailable", "a dependency is unavailable; retry with backoff")
+
+
+@app.not_found
+def unknown_route(_: Exception) -> Response[Any]:
+    return _error(404, "not_found", "no such route")
+
+
+@app.exception_handler(Exception)  # type: ignore[untyped-decorator]
+def internal(error: Exception) -> Response[Any]:
+    logger.exception("unhandled error")
+    return _error(500, "internal", "internal error")
+
+
+# -- request parts --------------------------------------------------------------------
+
+
+def _services() -> Services:
+    services: Services = app.context["services"]
+    return services
+
+
+def _end_user() -> str:
+    """The signed-in user (Cognito `sub`); end-user routes act only for them."""
+    claims = app.current_event.request_context.authorizer.claims or {}
+    subject = claims.get("sub")
+    if not subject:
+        raise Unauthorized("this route needs a signed-in user's token")
+    return str(subject)
+
+
+def _backend() -> None:
+    identity = app.current_event.request_context.identity
+    if not (identity.api_key_id or identity.api_key):
+        raise Unauthorized("this route needs a backend API key")
+
+
+def _body(schema: str) -> Body:
+    raw = app.current_event.body or ""
+    if len(raw.encode()) > max_body_bytes():
+        raise PayloadTooLarge(f"the body is larger than {max_body_bytes()} bytes")
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        raise InvalidRequest("the body is not valid JSON") from None
+    validated: Body = dict(validate(schema, document))
+    return validated
+
+
+def _header(name: str) -> str | None:
+    headers = app.current_event.headers or {}
+    wanted = name.lower()
+    return next((value for key, value in headers.items() if key.lower() == wanted), None)
+
+
+def _device_id(raw: str) -> int:
+    if not raw.isdigit() or len(raw) > 18:
+        raise NotFound(f"device {raw} not found")
+    return int(raw)
+
+
+def _applications() -> dict[tuple[str, bool], str | None]:
+    settings = _services().settings
+    return {
+        ("ios", False): settings.apns_platform_application_arn,
+        ("ios", True): settings.apns_sandbox_platform_application_arn,
+        ("android", False): settings.fcm_platform_application_arn,
+    }
+
+
+# -- routes: health -----------------------------------------------------------------
 
 
 @app.get("/health")
-def health() -> dict[str, str]:
-    return {"status": "ok"}
+def health() -> Response[Any]:
+    return _json(200, {"status": "ok"})
+
+
+# -- routes: the signed-in user ---------------------------------------------------------
+
+
+@app.put("/v1/me/devices")
+def register_device() -> Response[Any]:
+    user = _end_user()
+    body = _body("DeviceRegistration")
+    services = _services()
+    device, created = registration.register_device(
+        user, body, services.repository, services.endpoints, _applications()
+    )
+    return _json(201 if created else 200, device.to_dict())
+
+
+@app.get("/v1/me/devices")
+def list_devices() -> Response[Any]:
+    devices = registration.list_devices(_end_user(), _services().repository)
+    return _json(200, {"devices": [device.to_dict() for device in devices]})
+
+
+@app.delete("/v1/me/devices/<device_id>")
+def delete_device(device_id: str) -> Response[Any]:
+    services = _services()
+    registration.delete_device(
+        _end_user(), _device_id(device_id), services.repository, services.endpoints
+    )
+    return Response(status_code=204)
+
+
+@app.get("/v1/me/preferences")
+def get_preferences() -> Response[Any]:
+    preferences = registration.get_preferences(_end_user(), _services().repository)
+    return _json(200, registration.preferences_view(preferences))
+
+
+@app.put("/v1/me/preferences")
+def replace_preferences() -> Response[Any]:
+    user = _end_user()
+    body = _body("Preferences")
+    services = _services()
+    preferences = registration.replace_preferences(
+        user, body, services.repository, services.recipient_filter
+    )
+    return _json(200, registration.preferences_view(preferences))
+
+
+@app.get("/v1/me/topics")
+def list_topics() -> Response[Any]:
+    return _json(200, {"topics": registration.topics(_end_user(), _services().repository)})
+
+
+@app.put("/v1/me/topics/<topic>")
+def subscribe(topic: str) -> Response[Any]:
+    registration.subscribe(_end_user(), topic, _services().repository)
+    return Response(status_code=204)
+
+
+@app.delete("/v1/me/topics/<topic>")
+def unsubscribe(topic: str) -> Response[Any]:
+    registration.unsubscribe(_end_user(), topic, _services().repository)
+    return Response(status_code=204)
+
+
+# -- routes: backends ---------------------------------------------------------------------
+
+
+@app.put("/v1/users/<external_id>")
+def upsert_user(external_id: str) -> Response[Any]:
+    _backend()
+    body = _body("UserProfile")
+    user, created = registration.upsert_user(external_id, body, _services().repository)
+    return _json(201 if created else 200, user.to_dict())
 
 
 @app.post("/v1/notifications")
-def send_notification() -> Response[dict[str, Any]]:
-    try:
-        body = app.current_event.json_body
-    except ValueError:
-        raise InvalidRequest("the body is not valid JSON") from None
-    request = validate("send_request", body)
-    services: Services = app.context["services"]
-    key = app.current_event.headers.get("Idempotency-Key") or app.current_event.headers.get(
-        "idempotency-key"
-    )
+def send_notification() -> Response[Any]:
+    _backend()
+    request = _body("SendRequest")
+    services = _services()
     notification, created = sending.submit(
-        request, services.repository, services.workflow, idempotency_key=key
+        request,
+        services.repository,
+        services.workflow,
+        idempotency_key=_header("Idempotency-Key"),
     )
     return _json(202 if created else 200, notification.to_dict())
 
 
 @app.get("/v1/notifications/<notification_id>")
-def get_notification(notification_id: str) -> dict[str, Any]:
+def get_notification(notification_id: str) -> Response[Any]:
+    _backend()
+    return _json(200, _services().repository.get_notification(notification_id).to_dict())
+
+
+@app.get("/v1/notifications/<notification_id>/deliveries")
+def list_deliveries(notification_id: str) -> Response[Any]:
+    _backend()
+    query = app.current_event.query_string_parameters or {}
     try:
-        services: Services = app.context["services"]
-        return services.repository.get_notification(notification_id).to_dict()
-    except NotFound as error:
-        raise NotFoundError(str(error)) from None
+        limit = int(query.get("limit", 100))
+    except ValueError:
+        raise InvalidRequest("limit must be a whole number", "limit") from None
+    if not 1 <= limit <= 1000:
+        raise InvalidRequest("limit must be between 1 and 1000", "limit")
+    after = query.get("after")
+    if after is not None and not (after.isdigit() and len(after) <= 18):
+        raise InvalidRequest("after must be a cursor from a previous page", "after")
+    page = registration.deliveries_page(notification_id, _services().repository, after, limit)
+    return _json(200, page)
+
+
+@app.post("/v1/notifications/<notification_id>/cancel")
+def cancel_notification(notification_id: str) -> Response[Any]:
+    _backend()
+    notification = registration.cancel(notification_id, _services().repository)
+    return _json(202, notification.to_dict())
 
 
 @task

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from pushflow.adapters.postgres import Repository
     from pushflow.adapters.recipient_filter import RecipientFilter
     from pushflow.adapters.redis_store import RecipientStore
-    from pushflow.adapters.sns import SnsPublisher
+    from pushflow.adapters.sns import EndpointRegistry, SnsPublisher
     from pushflow.adapters.workflow import Workflow
 
 
@@ -66,6 +66,12 @@ class Services:
         from pushflow.adapters.sns import SnsPublisher
 
         return SnsPublisher(self._client("sns"), concurrency=self.settings.publish_concurrency)
+
+    @cached_property
+    def endpoints(self) -> EndpointRegistry:
+        from pushflow.adapters.sns import EndpointRegistry
+
+        return EndpointRegistry(self._client("sns"))
 
     @cached_property
     def page_plans(self) -> PagePlanStore:

@@ -28,11 +28,13 @@ from pushflow.config import Settings
 from pushflow.domain.errors import Conflict, NotFound, TransientDatabaseError
 from pushflow.domain.models import (
     DeliveryResult,
+    Device,
     Notification,
     NotificationStatus,
     Outcome,
     PageRef,
     Recipient,
+    User,
 )
 from pushflow.domain.ports import AttributeStats
 from pushflow.domain.rules import DEFAULT_PREFERENCES, Preferences
@@ -139,6 +141,38 @@ class Audience:
             yield self._match("d.platform", where["platform"], "text")
         for key, condition in (where.get("attributes") or {}).items():
             yield self._match(f"(u.attributes -> {self._param(key)})", condition, "jsonb")
+
+
+_USER_COLUMNS = "id, external_id, locale, time_zone, attributes, created_at, updated_at"
+_DEVICE_COLUMNS = (
+    "id, user_id, platform, token, endpoint_arn, sandbox, enabled, created_at, last_seen_at"
+)
+
+
+def _user(row: Sequence[Any]) -> User:
+    return User(
+        id=row[0],
+        external_id=row[1],
+        locale=row[2],
+        time_zone=row[3],
+        attributes=row[4],
+        created_at=row[5].isoformat(),
+        updated_at=row[6].isoformat(),
+    )
+
+
+def _device(row: Sequence[Any]) -> Device:
+    return Device(
+        id=row[0],
+        user_id=row[1],
+        platform=row[2],
+        token=row[3],
+        endpoint_arn=row[4],
+        sandbox=row[5],
+        enabled=row[6],
+        created_at=row[7].isoformat(),
+        last_seen_at=row[8].isoformat(),
+    )
 
 
 _RECIPIENT_COLUMNS = "d.id, d.user_id, d.platform, d.sandbox, d.endpoint_arn, u.locale, u.time_zone"
@@ -655,6 +689,166 @@ class Repository:
             for row in rows
         }
         return {user_id: stored.get(user_id, DEFAULT_PREFERENCES) for user_id in ids}
+
+    def replace_preferences(self, user_id: int, preferences: Preferences) -> None:
+        self.run(
+            "INSERT INTO preferences (user_id, opted_out_categories, quiet_hours_start,"
+            " quiet_hours_end, cap_overrides, updated_at)"
+            " VALUES (:id, CAST(:opted AS text[]), :start, :end, CAST(:caps AS jsonb), now())"
+            " ON CONFLICT (user_id) DO UPDATE SET"
+            " opted_out_categories = excluded.opted_out_categories,"
+            " quiet_hours_start = excluded.quiet_hours_start,"
+            " quiet_hours_end = excluded.quiet_hours_end,"
+            " cap_overrides = excluded.cap_overrides, updated_at = now()",
+            id=user_id,
+            opted=sorted(preferences.opted_out),
+            start=preferences.quiet_start,
+            end=preferences.quiet_end,
+            caps=json.dumps(dict(preferences.cap_overrides)),
+        )
+
+    # -- users, devices, topics (the API) ------------------------------------
+
+    def upsert_user(
+        self,
+        external_id: str,
+        locale: str | None = None,
+        time_zone: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> tuple[User, bool]:
+        """Create the user or update what is given; returns (user, created)."""
+        rows = self.run(
+            "INSERT INTO users (external_id, locale, time_zone, attributes)"
+            " VALUES (:ext, coalesce(:locale, 'en'), coalesce(:tz, 'UTC'),"
+            "  coalesce(CAST(:attrs AS jsonb), '{}'::jsonb))"
+            " ON CONFLICT (external_id) DO UPDATE SET"
+            " locale = coalesce(:locale, users.locale),"
+            " time_zone = coalesce(:tz, users.time_zone),"
+            " attributes = coalesce(CAST(:attrs AS jsonb), users.attributes),"
+            " updated_at = now()"
+            f" RETURNING {_USER_COLUMNS}, (xmax = 0)",
+            ext=external_id,
+            locale=locale,
+            tz=time_zone,
+            attrs=json.dumps(attributes) if attributes is not None else None,
+        )
+        return _user(rows[0]), bool(rows[0][-1])
+
+    def find_user(self, external_id: str) -> User | None:
+        rows = self.run(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE external_id = :ext", ext=external_id
+        )
+        return _user(rows[0]) if rows else None
+
+    def find_device_by_token(self, platform: str, token: str) -> Device | None:
+        rows = self.run(
+            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE platform = :platform AND token = :token",
+            platform=platform,
+            token=token,
+        )
+        return _device(rows[0]) if rows else None
+
+    def get_device(self, device_id: int) -> Device | None:
+        rows = self.run(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE id = :id", id=device_id)
+        return _device(rows[0]) if rows else None
+
+    def save_device(
+        self, user_id: int, platform: str, token: str, sandbox: bool, endpoint_arn: str
+    ) -> tuple[Device, bool]:
+        """Register a token for a user (moving it from another user if it was theirs).
+
+        Re-registering enables the device again; returns (device, created).
+        """
+        rows = self.run(
+            "INSERT INTO devices (user_id, platform, token, sandbox, endpoint_arn)"
+            " VALUES (:user_id, :platform, :token, :sandbox, :arn)"
+            " ON CONFLICT (platform, token) DO UPDATE SET user_id = excluded.user_id,"
+            " sandbox = excluded.sandbox, endpoint_arn = excluded.endpoint_arn,"
+            " enabled = true, disabled_at = NULL, disabled_reason = NULL, last_seen_at = now()"
+            f" RETURNING {_DEVICE_COLUMNS}, (xmax = 0)",
+            user_id=user_id,
+            platform=platform,
+            token=token,
+            sandbox=sandbox,
+            arn=endpoint_arn,
+        )
+        return _device(rows[0]), bool(rows[0][-1])
+
+    def list_devices(self, user_id: int) -> list[Device]:
+        rows = self.run(
+            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = :id ORDER BY id", id=user_id
+        )
+        return [_device(row) for row in rows]
+
+    def delete_device(self, device_id: int) -> None:
+        self.run("DELETE FROM devices WHERE id = :id", id=device_id)
+
+    def subscribe(self, user_id: int, topic: str) -> None:
+        self.run(
+            "INSERT INTO topic_subscriptions (topic, user_id) VALUES (:topic, :id)"
+            " ON CONFLICT DO NOTHING",
+            topic=topic,
+            id=user_id,
+        )
+
+    def unsubscribe(self, user_id: int, topic: str) -> None:
+        self.run(
+            "DELETE FROM topic_subscriptions WHERE topic = :topic AND user_id = :id",
+            topic=topic,
+            id=user_id,
+        )
+
+    def topics(self, user_id: int) -> list[str]:
+        rows = self.run(
+            "SELECT topic FROM topic_subscriptions WHERE user_id = :id ORDER BY topic", id=user_id
+        )
+        return [row[0] for row in rows]
+
+    # -- the API's view of a send ---------------------------------------------
+
+    def cancel_notification(self, notification_id: str) -> Notification | None:
+        """Cancel a send not finished yet; None when it was already final."""
+        rows = self.run(
+            "UPDATE notifications SET status = 'cancelled'"
+            " WHERE id = CAST(:id AS uuid) AND status IN ('accepted', 'scheduled', 'running')"
+            " RETURNING id",
+            id=notification_id,
+        )
+        return self.get_notification(notification_id) if rows else None
+
+    def cancel_deferred(self, notification_id: str) -> int:
+        with self._session() as conn:
+            conn.run(
+                "UPDATE deliveries SET outcome = 'cancelled', recorded_at = now()"
+                " WHERE notification_id = CAST(:nid AS uuid) AND outcome = 'deferred'",
+                nid=notification_id,
+            )
+            return int(conn.row_count)
+
+    def list_deliveries(
+        self, notification_id: str, after_device_id: int, limit: int
+    ) -> list[dict[str, Any]]:
+        """A page of a send's delivery rows in device order (keyset: after a device id)."""
+        rows = self.run(
+            "SELECT r.device_id, u.external_id, r.outcome, r.sns_message_id, r.error,"
+            " r.recorded_at FROM deliveries r LEFT JOIN users u ON u.id = r.user_id"
+            " WHERE r.notification_id = CAST(:id AS uuid) AND r.device_id > :after"
+            " ORDER BY r.device_id LIMIT :limit",
+            id=notification_id,
+            after=after_device_id,
+            limit=limit,
+        )
+        return [
+            {
+                "device_id": str(row[0]),
+                "user_external_id": row[1],
+                "outcome": row[2],
+                "sns_message_id": row[3],
+                "error": row[4],
+                "recorded_at": row[5].isoformat(),
+            }
+            for row in rows
+        ]
 
 
 def _close_quietly(conn: pg8000.native.Connection) -> None:

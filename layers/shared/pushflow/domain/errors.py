@@ -35,6 +35,14 @@ class NotFound(PushflowError):
     """The thing asked for does not exist (or is not the caller's)."""
 
 
+class Forbidden(PushflowError):
+    """The caller may not touch this (another user's device, say)."""
+
+
+class Unauthorized(PushflowError):
+    """No usable credentials came with the request."""
+
+
 class Conflict(PushflowError):
     """The request contradicts what already happened (e.g. an idempotency key reused)."""
 

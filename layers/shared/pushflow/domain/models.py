@@ -228,6 +228,51 @@ class Notification:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    external_id: str
+    locale: str
+    time_zone: str
+    attributes: Mapping[str, Any]
+    created_at: str
+    updated_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "external_id": self.external_id,
+            "locale": self.locale,
+            "time_zone": self.time_zone,
+            "attributes": dict(self.attributes),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    id: int
+    user_id: int
+    platform: str
+    token: str
+    endpoint_arn: str
+    sandbox: bool
+    enabled: bool
+    created_at: str
+    last_seen_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the API shows of a device: never its token or endpoint."""
+        return {
+            "device_id": str(self.id),
+            "platform": self.platform,
+            "sandbox": self.sandbox,
+            "enabled": self.enabled,
+            "created_at": self.created_at,
+            "last_seen_at": self.last_seen_at,
+        }
+
+
 def page_event(notification_id: str, page: PageRef, **rest: Any) -> dict[str, Any]:
     """The state every task of one page receives and returns, plus its own fields."""
     return {"notification_id": notification_id, "page": page.to_dict(), **rest}

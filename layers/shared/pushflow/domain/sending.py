@@ -160,6 +160,9 @@ def plan_deferred(
         repository.fail_deferred(notification_id, "too many deferred passes")
         return summary
     notification = repository.get_notification(notification_id)
+    if notification.status is NotificationStatus.CANCELLED:
+        repository.cancel_deferred(notification_id)
+        return summary
     page_size = page_size_for(configured_page_size, *_attribute_load(repository, notification))
     pages, send_at = repository.plan_deferred_pages(
         notification_id, earliest + DEFERRAL_WINDOW, page_size
@@ -199,6 +202,12 @@ def filter_recipients(
     notification = repository.get_notification(event["notification_id"])
     page = PageRef.from_event(event)
     recipients = [Recipient.from_dict(raw) for raw in event["recipients"]]
+    if notification.status is NotificationStatus.CANCELLED:
+        # Spend no cap and mark nothing seen for a send that will not go out.
+        cancelled = [DeliveryResult(r.device_id, r.user_id, Outcome.CANCELLED) for r in recipients]
+        return page_event(
+            notification.id, page, recipients=[], filtered=[r.to_dict() for r in cancelled]
+        )
     mode = notification.request.get("quiet_hours")
     if page.due is not None:
         # A deferred pass sends what quiet hours held back, once they are over
