@@ -15,6 +15,7 @@ import importlib.util
 import io
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -205,23 +206,47 @@ class LocalRuntime:
         self._patch_wait_states()
 
     def _patch_wait_states(self) -> None:
-        """Under virtual time, a Wait state moves the clock instead of sleeping."""
+        """Wait states measured on the runtime's clock, in UTC.
+
+        moto compares a Wait's timestamp with the machine's local time and
+        rounds down to whole seconds; here a timestamp is read as UTC (as
+        Step Functions does) against `self.clock`, rounded up. Under virtual
+        time a Wait moves the clock instead of sleeping.
+        """
         from moto.stepfunctions.parser.asl.component.state.wait.wait_function import (
+            timestamp,
             wait_function,
         )
 
         runtime = self
-        original = wait_function.WaitFunction._wait_interval
+        original_seconds = timestamp.Timestamp._get_wait_seconds
+        original_wait = wait_function.WaitFunction._wait_interval
+
+        def seconds_until(function: Any, env: Any) -> int:
+            function.string.eval(env=env)
+            raw = env.stack.pop()
+            moment = timestamp.Timestamp._from_timestamp_string(raw)
+            if moment is None:  # let moto report the malformed timestamp
+                env.stack.append(raw)
+                seconds: int = original_seconds(function, env)
+                return seconds
+            target: datetime = moment.replace(tzinfo=UTC)
+            if runtime.virtual_time:
+                runtime.clock.advance_to(target)
+                return 0
+            remaining: float = (target - runtime.clock.now()).total_seconds()
+            return max(0, math.ceil(remaining))
 
         def wait(function: Any, env: Any, wait_seconds: int) -> None:
             if not runtime.virtual_time:
-                original(function, env, wait_seconds)
-                return
-            # moto measures a wait against the real clock; ours may run ahead of it.
-            runtime.clock.advance_to(datetime.now(UTC) + timedelta(seconds=wait_seconds))
+                original_wait(function, env, wait_seconds)
+            elif wait_seconds > 0:
+                runtime.clock.advance(timedelta(seconds=wait_seconds))
 
+        timestamp.Timestamp._get_wait_seconds = seconds_until  # type: ignore[method-assign,assignment]
         wait_function.WaitFunction._wait_interval = wait  # type: ignore[method-assign,assignment]
-        self._stack.callback(setattr, wait_function.WaitFunction, "_wait_interval", original)
+        self._stack.callback(setattr, timestamp.Timestamp, "_get_wait_seconds", original_seconds)
+        self._stack.callback(setattr, wait_function.WaitFunction, "_wait_interval", original_wait)
 
     @contextlib.contextmanager
     def virtual_time_enabled(self) -> Iterator[None]:

@@ -147,6 +147,7 @@ def disable_endpoints(runtime: LocalRuntime, endpoint_arns: Sequence[str]) -> No
 
 def reset_data(runtime: LocalRuntime) -> None:
     runtime.services.repository.run(
-        "TRUNCATE deliveries, notifications, topic_subscriptions, preferences, devices, users"
+        "TRUNCATE schedule_runs, schedules, deliveries, notifications, topic_subscriptions,"
+        " preferences, devices, users"
     )
     runtime.services.store.client.flushdb()
