@@ -25,7 +25,7 @@ from pushflow.domain.errors import (
 from pushflow.handler import task
 from pushflow.observability import logger
 from pushflow.services import Services
-from pushflow.validation import max_body_bytes, validate
+from pushflow.validation import check_parameter, max_body_bytes, validate
 
 app = APIGatewayRestResolver()
 
@@ -214,13 +214,13 @@ def list_topics() -> Response[Any]:
 
 @app.put("/v1/me/topics/<topic>")
 def subscribe(topic: str) -> Response[Any]:
-    registration.subscribe(_end_user(), topic, _services().repository)
+    registration.subscribe(_end_user(), check_parameter("topic", topic), _services().repository)
     return Response(status_code=204)
 
 
 @app.delete("/v1/me/topics/<topic>")
 def unsubscribe(topic: str) -> Response[Any]:
-    registration.unsubscribe(_end_user(), topic, _services().repository)
+    registration.unsubscribe(_end_user(), check_parameter("topic", topic), _services().repository)
     return Response(status_code=204)
 
 
@@ -230,6 +230,7 @@ def unsubscribe(topic: str) -> Response[Any]:
 @app.put("/v1/users/<external_id>")
 def upsert_user(external_id: str) -> Response[Any]:
     _backend()
+    check_parameter("external_id", external_id)
     body = _body("UserProfile")
     user, created = registration.upsert_user(external_id, body, _services().repository)
     return _json(201 if created else 200, user.to_dict())

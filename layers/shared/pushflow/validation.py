@@ -10,6 +10,7 @@ with a discriminator (the audience's `type`), the error of the chosen branch.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
@@ -55,6 +56,29 @@ def validator(name: str) -> Draft4Validator:
         raise KeyError(f"no schema {name!r} in openapi.yaml")
     schema = {"$ref": f"{_DOCUMENT_URI}#/components/schemas/{name}"}
     return Draft4Validator(schema, registry=_registry())
+
+
+@cache
+def _parameter_patterns() -> dict[str, str]:
+    """Path and query parameter patterns by name (the document keeps them consistent)."""
+    patterns: dict[str, str] = {}
+    for operations in openapi()["paths"].values():
+        for operation in [operations, *operations.values()]:
+            if not isinstance(operation, dict):
+                continue
+            for parameter in operation.get("parameters", []):
+                pattern = parameter.get("schema", {}).get("pattern")
+                if pattern and parameter.get("in") in ("path", "query"):
+                    patterns.setdefault(parameter["name"], pattern)
+    return patterns
+
+
+def check_parameter(name: str, value: str) -> str:
+    """A path/query parameter against its pattern (API Gateway does not check patterns)."""
+    pattern = _parameter_patterns().get(name)
+    if pattern is not None and not re.search(pattern, value):
+        raise InvalidRequest(f"{name} {value!r} does not match {pattern}", name)
+    return value
 
 
 def _join(path: Sequence[Any], name: str | None = None) -> str:
@@ -110,11 +134,33 @@ def _explain_branch(error: ValidationError) -> InvalidRequest:
     return _explain(inner, path)
 
 
+def _nul_field(document: Any, path: tuple[Any, ...] = ()) -> str | None:
+    """Where a NUL character hides in the document (PostgreSQL text cannot hold one)."""
+    if isinstance(document, str):
+        return _join(path) or "request" if "\x00" in document else None
+    if isinstance(document, dict):
+        for key, value in document.items():
+            if "\x00" in key:
+                return _join(path, key.replace("\x00", "\\0"))
+            found = _nul_field(value, (*path, key))
+            if found:
+                return found
+    if isinstance(document, list):
+        for index, item in enumerate(document):
+            found = _nul_field(item, (*path, index))
+            if found:
+                return found
+    return None
+
+
 def validate(name: str, document: Any) -> Mapping[str, Any]:
     """Validate against component schema `name`; raise InvalidRequest naming the field."""
     error = best_match(validator(name).iter_errors(document))
     if error is not None:
         branch = _discriminated(error)
         raise _explain_branch(branch) if branch is not None else _explain(error)
+    field = _nul_field(document)
+    if field is not None:
+        raise InvalidRequest(f"{field} contains a NUL character", field)
     result: Mapping[str, Any] = document
     return result
