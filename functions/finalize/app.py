@@ -13,6 +13,8 @@ from pushflow.services import Services
 @task
 def lambda_handler(event: dict[str, Any], services: Services) -> dict[str, Any]:
     notification = sending.finalize(event, services.repository)
+    if notification is None:
+        return {"notification_id": None}
     for outcome, count in notification.counts.items():
         metrics.add_metric(name=f"Deliveries_{outcome}", unit=MetricUnit.Count, value=count)
     metrics.add_metric(name=f"Sends_{notification.status.value}", unit=MetricUnit.Count, value=1)

@@ -1,10 +1,12 @@
-"""Prepare: mark the send running and write its page plan (state `Prepare`)."""
+"""Prepare: find the send (a schedule's firing creates its run), mark it running,
+and write its page plan (state `Prepare`)."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from pushflow.domain import sending
+from pushflow.domain import scheduling, sending
 from pushflow.handler import task
 from pushflow.services import Services
 
@@ -17,4 +19,5 @@ def lambda_handler(event: dict[str, Any], services: Services) -> dict[str, Any]:
         services.page_plans,
         configured_page_size=services.settings.page_size,
         max_concurrency=services.settings.map_concurrency,
+        resolve_firing=partial(scheduling.resolve_firing, repository=services.repository),
     )

@@ -96,7 +96,7 @@ def test_deferred_recipients_in_three_zones_each_get_the_push_once_when_their_qu
     assert execution["status"] == "SUCCEEDED"
     deferred_pass = ["WaitForQuietHoursEnd", "FanOut", "PlanDeferred", "HasDeferred"]
     assert clean_runtime.state_path(execution["executionArn"]) == [
-        *["Prepare", "HasRecipients", "FanOut", "PlanDeferred", "HasDeferred"],
+        *["Prepare", "ShouldSend", "HasRecipients", "FanOut", "PlanDeferred", "HasDeferred"],
         *deferred_pass * 3,
         "Finalize",
     ]

@@ -110,11 +110,16 @@ def map_run_items(runtime: LocalRuntime, execution_arn: str) -> dict[str, int]:
 
 
 def completed_path() -> list[str]:
-    """The parent's states for a send that nothing defers, as the ASL routes it."""
-    path = ["Prepare", "HasRecipients", "FanOut"]
-    if "PlanDeferred" in ASL["States"]:
-        path += ["PlanDeferred", "HasDeferred"]
-    return [*path, "Finalize"]
+    """The parent's states for a send that nothing defers."""
+    return [
+        "Prepare",
+        "ShouldSend",
+        "HasRecipients",
+        "FanOut",
+        "PlanDeferred",
+        "HasDeferred",
+        "Finalize",
+    ]
 
 
 def resolve_retry_attempts() -> int:

@@ -32,6 +32,10 @@ class Settings:
     apns_platform_application_arn: str | None
     apns_sandbox_platform_application_arn: str | None
     fcm_platform_application_arn: str | None
+    schedule_group: str | None
+    scheduler_role_arn: str | None
+    schedule_dlq_arn: str | None
+    min_recurrence_minutes: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -77,6 +81,10 @@ class Settings:
             apns_platform_application_arn=text("APNS_PLATFORM_APPLICATION_ARN"),
             apns_sandbox_platform_application_arn=text("APNS_SANDBOX_PLATFORM_APPLICATION_ARN"),
             fcm_platform_application_arn=text("FCM_PLATFORM_APPLICATION_ARN"),
+            schedule_group=text("SCHEDULE_GROUP"),
+            scheduler_role_arn=text("SCHEDULER_ROLE_ARN"),
+            schedule_dlq_arn=text("SCHEDULE_DLQ_ARN"),
+            min_recurrence_minutes=number("MIN_RECURRENCE_MINUTES", 60, 1, 10080),
         )
 
     def require(self, name: str) -> str:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from pushflow.adapters.postgres import Repository
     from pushflow.adapters.recipient_filter import RecipientFilter
     from pushflow.adapters.redis_store import RecipientStore
+    from pushflow.adapters.scheduler import Scheduler
     from pushflow.adapters.sns import EndpointRegistry, SnsPublisher
     from pushflow.adapters.workflow import Workflow
 
@@ -72,6 +73,19 @@ class Services:
         from pushflow.adapters.sns import EndpointRegistry
 
         return EndpointRegistry(self._client("sns"))
+
+    @cached_property
+    def scheduler(self) -> Scheduler:
+        from pushflow.adapters.scheduler import Scheduler
+
+        settings = self.settings
+        return Scheduler(
+            self._client("scheduler"),
+            group=settings.require("schedule_group"),
+            role_arn=settings.require("scheduler_role_arn"),
+            state_machine_arn=settings.require("state_machine_arn"),
+            dead_letter_arn=settings.schedule_dlq_arn,
+        )
 
     @cached_property
     def page_plans(self) -> PagePlanStore:

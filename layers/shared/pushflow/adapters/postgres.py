@@ -34,6 +34,8 @@ from pushflow.domain.models import (
     Outcome,
     PageRef,
     Recipient,
+    Schedule,
+    ScheduleKind,
     User,
 )
 from pushflow.domain.ports import AttributeStats
@@ -114,6 +116,14 @@ class Audience:
         return f":{name}"
 
     def _compile(self, spec: Mapping[str, Any]) -> str:
+        where = self._compile_type(spec)
+        if "time_zone" in spec:
+            # A local-time send's group: the audience in one zone (set by Pushflow,
+            # never by a request).
+            where = f"({where}) AND u.time_zone = {self._param(spec['time_zone'])}"
+        return where
+
+    def _compile_type(self, spec: Mapping[str, Any]) -> str:
         kind = spec["type"]
         if kind == "all":
             return "TRUE"
@@ -147,6 +157,70 @@ _USER_COLUMNS = "id, external_id, locale, time_zone, attributes, created_at, upd
 _DEVICE_COLUMNS = (
     "id, user_id, platform, token, endpoint_arn, sandbox, enabled, created_at, last_seen_at"
 )
+
+
+_NOTIFICATION_COLUMNS = (
+    "id, category, request, status, counts, recipient_count, page_count, execution_arn, error,"
+    " created_at, started_at, completed_at, schedule_id, send_at"
+)
+_SCHEDULE_COLUMNS = (
+    "id, kind, request, status, send_at, cron, time_zone, start_at, end_at, local_time,"
+    " local_date, if_passed, created_at, cancelled_at"
+)
+
+
+def _prefixed(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _notification(row: Sequence[Any]) -> Notification:
+    return Notification(
+        id=str(row[0]),
+        category=row[1],
+        request=row[2],
+        status=NotificationStatus(row[3]),
+        counts=row[4],
+        recipient_count=row[5],
+        page_count=row[6],
+        execution_arn=row[7],
+        error=row[8],
+        created_at=_iso(row[9]),
+        started_at=_iso(row[10]),
+        completed_at=_iso(row[11]),
+        schedule_id=str(row[12]) if row[12] else None,
+        send_at=_iso(row[13]),
+    )
+
+
+def _schedule(row: Sequence[Any]) -> Schedule:
+    return Schedule(
+        id=str(row[0]),
+        kind=ScheduleKind(row[1]),
+        request=row[2],
+        status=row[3],
+        send_at=_iso(row[4]),
+        cron=row[5],
+        time_zone=row[6],
+        start_at=_iso(row[7]),
+        end_at=_iso(row[8]),
+        local_time=row[9].strftime("%H:%M") if row[9] else None,
+        local_date=_iso(row[10]),
+        if_passed=row[11],
+        created_at=_iso(row[12]),
+        cancelled_at=_iso(row[13]),
+    )
 
 
 def _user(row: Sequence[Any]) -> User:
@@ -286,6 +360,8 @@ class Repository:
         status: NotificationStatus,
         idempotency_key: str | None = None,
         notification_id: str | None = None,
+        schedule_id: str | None = None,
+        send_at: datetime | None = None,
     ) -> tuple[Notification, bool]:
         """Insert a notification; with an idempotency key, return the existing one instead.
 
@@ -295,14 +371,17 @@ class Repository:
         new_id = notification_id or str(uuid.uuid4())
         rows = self.run(
             "INSERT INTO notifications (id, idempotency_key, request_hash, request, category,"
-            " status) VALUES (CAST(:id AS uuid), :key, :hash, CAST(:request AS jsonb), :category,"
-            " :status) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+            " status, schedule_id, send_at) VALUES (CAST(:id AS uuid), :key, :hash,"
+            " CAST(:request AS jsonb), :category, :status, CAST(:schedule AS uuid), :send_at)"
+            " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
             id=new_id,
             key=idempotency_key,
             hash=digest,
             request=json.dumps(request),
             category=category,
             status=status.value,
+            schedule=schedule_id,
+            send_at=send_at,
         )
         if rows:
             return self.get_notification(new_id), True
@@ -317,37 +396,15 @@ class Repository:
         return self.get_notification(str(existing[0][0])), False
 
     def get_notification(self, notification_id: str) -> Notification:
-        try:
-            uuid.UUID(notification_id)
-        except ValueError:
-            raise NotFound(f"notification {notification_id} not found") from None
+        if not _is_uuid(notification_id):
+            raise NotFound(f"notification {notification_id} not found")
         rows = self.run(
-            "SELECT id, category, request, status, counts, recipient_count, page_count,"
-            " execution_arn, error, created_at, started_at, completed_at"
-            " FROM notifications WHERE id = CAST(:id AS uuid)",
+            f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications WHERE id = CAST(:id AS uuid)",
             id=notification_id,
         )
         if not rows:
             raise NotFound(f"notification {notification_id} not found")
-        row = rows[0]
-
-        def iso(value: Any) -> str | None:
-            return value.isoformat() if value is not None else None
-
-        return Notification(
-            id=str(row[0]),
-            category=row[1],
-            request=row[2],
-            status=NotificationStatus(row[3]),
-            counts=row[4],
-            recipient_count=row[5],
-            page_count=row[6],
-            execution_arn=row[7],
-            error=row[8],
-            created_at=iso(row[9]),
-            started_at=iso(row[10]),
-            completed_at=iso(row[11]),
-        )
+        return _notification(rows[0])
 
     def set_execution(self, notification_id: str, execution_arn: str) -> None:
         self.run(
@@ -434,6 +491,15 @@ class Repository:
         )[0]
         missing = {key: int(n) for key, n in zip(keys, row[1:], strict=True) if n}
         return AttributeStats(int(row[0]), missing)
+
+    def audience_time_zones(self, audience_spec: Mapping[str, Any]) -> list[str]:
+        audience = Audience(audience_spec)
+        rows = self.run(
+            "SELECT DISTINCT u.time_zone FROM devices d JOIN users u ON u.id = d.user_id"
+            f" WHERE d.enabled AND {audience.where} ORDER BY 1",
+            **audience.params,
+        )
+        return [row[0] for row in rows]
 
     def plan_pages(
         self, audience_spec: Mapping[str, Any], page_size: int
@@ -849,6 +915,152 @@ class Repository:
             }
             for row in rows
         ]
+
+    # -- schedules -------------------------------------------------------------
+
+    def create_schedule(
+        self,
+        kind: ScheduleKind,
+        request: Mapping[str, Any],
+        idempotency_key: str | None,
+        fields: Mapping[str, Any],
+    ) -> tuple[Schedule, bool]:
+        """Insert a schedule; with an idempotency key, return the existing one instead."""
+        body = {"kind": kind.value, "request": request, **{k: str(v) for k, v in fields.items()}}
+        digest = request_hash(body)
+        new_id = str(uuid.uuid4())
+        columns = (
+            "send_at",
+            "cron",
+            "time_zone",
+            "start_at",
+            "end_at",
+            "local_time",
+            "local_date",
+            "if_passed",
+        )
+        rows = self.run(
+            "INSERT INTO schedules (id, kind, request, request_hash, idempotency_key, status, "
+            + ", ".join(columns)
+            + ") VALUES (CAST(:id AS uuid), :kind, CAST(:request AS jsonb), :hash, :key, 'active', "
+            + ", ".join(f":{c}" for c in columns)
+            + ") ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+            id=new_id,
+            kind=kind.value,
+            request=json.dumps(request),
+            hash=digest,
+            key=idempotency_key,
+            **{c: fields.get(c) for c in columns},
+        )
+        if rows:
+            return self.get_schedule(new_id), True
+        existing = self.run(
+            "SELECT id, request_hash FROM schedules WHERE idempotency_key = :key",
+            key=idempotency_key,
+        )
+        if not existing:
+            raise TransientDatabaseError("idempotency record vanished; retry")
+        if existing[0][1] != digest:
+            raise Conflict("this Idempotency-Key was used with a different request")
+        return self.get_schedule(str(existing[0][0])), False
+
+    def get_schedule(self, schedule_id: str) -> Schedule:
+        if not _is_uuid(schedule_id):
+            raise NotFound(f"schedule {schedule_id} not found")
+        rows = self.run(
+            f"SELECT {_SCHEDULE_COLUMNS} FROM schedules WHERE id = CAST(:id AS uuid)",
+            id=schedule_id,
+        )
+        if not rows:
+            raise NotFound(f"schedule {schedule_id} not found")
+        return _schedule(rows[0])
+
+    def list_schedules(self, limit: int, before: str | None = None) -> list[Schedule]:
+        rows = self.run(
+            f"SELECT {_SCHEDULE_COLUMNS} FROM schedules"
+            " WHERE (CAST(:before AS timestamptz) IS NULL"
+            " OR created_at < CAST(:before AS timestamptz))"
+            " ORDER BY created_at DESC LIMIT :limit",
+            before=before,
+            limit=limit,
+        )
+        return [_schedule(row) for row in rows]
+
+    def add_run(
+        self,
+        schedule_id: str,
+        run_key: str,
+        scheduled_time: datetime,
+        request: Mapping[str, Any],
+        category: str,
+        status: NotificationStatus,
+    ) -> tuple[Notification, bool]:
+        """The run's notification, created with the run; a second firing finds the first's."""
+        notification_id = str(uuid.uuid4())
+        # One statement: the run row claims (schedule, run key) and only then is its
+        # notification inserted; the foreign key is checked at the statement's end.
+        taken = self.run(
+            "WITH run AS ("
+            "  INSERT INTO schedule_runs (schedule_id, run_key, notification_id, scheduled_time)"
+            "  VALUES (CAST(:schedule AS uuid), :key, CAST(:id AS uuid), :at)"
+            "  ON CONFLICT (schedule_id, run_key) DO NOTHING RETURNING notification_id)"
+            " INSERT INTO notifications (id, request_hash, request, category, status,"
+            " schedule_id, send_at) SELECT notification_id, :hash, CAST(:request AS jsonb),"
+            " :category, :status, CAST(:schedule AS uuid), :at FROM run RETURNING id",
+            id=notification_id,
+            schedule=schedule_id,
+            key=run_key,
+            at=scheduled_time,
+            hash=request_hash(request),
+            request=json.dumps(request),
+            category=category,
+            status=status.value,
+        )
+        if taken:
+            return self.get_notification(notification_id), True
+        existing = self.run(
+            "SELECT notification_id FROM schedule_runs"
+            " WHERE schedule_id = CAST(:schedule AS uuid) AND run_key = :key",
+            schedule=schedule_id,
+            key=run_key,
+        )
+        return self.get_notification(str(existing[0][0])), False
+
+    def schedule_runs(self, schedule_id: str) -> list[tuple[str, str, Notification]]:
+        """(run key, scheduled time, notification) of each run, oldest first."""
+        rows = self.run(
+            f"SELECT r.run_key, r.scheduled_time, {_prefixed('n', _NOTIFICATION_COLUMNS)}"
+            " FROM schedule_runs r JOIN notifications n ON n.id = r.notification_id"
+            " WHERE r.schedule_id = CAST(:id AS uuid) ORDER BY r.scheduled_time, r.run_key",
+            id=schedule_id,
+        )
+        return [(row[0], row[1].isoformat(), _notification(row[2:])) for row in rows]
+
+    def cancel_schedule(self, schedule_id: str) -> list[str]:
+        """Cancel a schedule and its runs not started yet; returns those runs' ids."""
+        with self.transaction() as conn:
+            conn.run(
+                "UPDATE schedules SET status = 'cancelled', cancelled_at = now()"
+                " WHERE id = CAST(:id AS uuid) AND status = 'active'",
+                id=schedule_id,
+            )
+            rows = conn.run(
+                "UPDATE notifications SET status = 'cancelled', completed_at = now()"
+                " WHERE schedule_id = CAST(:id AS uuid) AND status = 'scheduled' RETURNING id",
+                id=schedule_id,
+            )
+        return [str(row[0]) for row in rows]
+
+    def complete_schedule(self, schedule_id: str) -> None:
+        """A one-time or local-time schedule is complete once none of its runs is pending."""
+        self.run(
+            "UPDATE schedules s SET status = 'completed'"
+            " WHERE id = CAST(:id AS uuid) AND status = 'active' AND kind <> 'recurring'"
+            " AND NOT EXISTS (SELECT 1 FROM schedule_runs r JOIN notifications n"
+            "  ON n.id = r.notification_id WHERE r.schedule_id = s.id"
+            "  AND n.status IN ('scheduled', 'accepted', 'running'))",
+            id=schedule_id,
+        )
 
 
 def _close_quietly(conn: pg8000.native.Connection) -> None:

@@ -201,6 +201,8 @@ class Notification:
     created_at: str | None = None
     started_at: str | None = None
     completed_at: str | None = None
+    schedule_id: str | None = None
+    send_at: str | None = None
 
     @property
     def audience(self) -> Mapping[str, Any]:
@@ -225,7 +227,69 @@ class Notification:
             "created_at": self.created_at,
             "started_at": self.started_at,
             "completed_at": self.completed_at,
+            "schedule_id": self.schedule_id,
+            "send_at": self.send_at,
         }
+
+
+class ScheduleKind(StrEnum):
+    ONCE = "once"
+    RECURRING = "recurring"
+    LOCAL_TIME = "local_time"
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A timed send: once at a time, on a cron, or at a local time in each recipient's zone."""
+
+    id: str
+    kind: ScheduleKind
+    request: Mapping[str, Any]
+    status: str
+    send_at: str | None = None
+    cron: str | None = None
+    time_zone: str | None = None
+    start_at: str | None = None
+    end_at: str | None = None
+    local_time: str | None = None
+    local_date: str | None = None
+    if_passed: str | None = None
+    created_at: str | None = None
+    cancelled_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        raw: dict[str, Any] = {
+            "schedule_id": self.id,
+            "kind": self.kind.value,
+            "status": self.status,
+            "send": dict(self.request),
+            "created_at": self.created_at,
+            "cancelled_at": self.cancelled_at,
+        }
+        if self.kind is ScheduleKind.ONCE:
+            raw["send_at"] = self.send_at
+        elif self.kind is ScheduleKind.RECURRING:
+            raw["recurrence"] = {
+                key: value
+                for key, value in (
+                    ("cron", self.cron),
+                    ("time_zone", self.time_zone),
+                    ("start_at", self.start_at),
+                    ("end_at", self.end_at),
+                )
+                if value is not None
+            }
+        else:
+            raw["local_time"] = {
+                key: value
+                for key, value in (
+                    ("at", self.local_time),
+                    ("date", self.local_date),
+                    ("if_passed", self.if_passed),
+                )
+                if value is not None
+            }
+        return raw
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ to Lambda; the rules live here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -86,16 +86,25 @@ def prepare(
     page_plans: PagePlans,
     configured_page_size: int,
     max_concurrency: int,
+    resolve_firing: Callable[[Mapping[str, Any]], tuple[Notification | None, str | None]],
 ) -> dict[str, Any]:
-    notification = repository.get_notification(event["notification_id"])
+    """Start a send: find its notification (a firing of a schedule creates its run),
+    mark it running and write its page plan. `skip` says there is nothing to send
+    (a duplicate firing, a cancelled schedule)."""
     execution_arn = str(event.get("execution_arn") or "")
+    notification, skip_reason = resolve_firing(event["firing"])
     summary: dict[str, Any] = {
-        "notification_id": notification.id,
+        "notification_id": notification.id if notification else None,
         "execution_arn": execution_arn,
         "page_count": 0,
         "recipient_count": 0,
         "max_concurrency": max_concurrency,
+        "skip": skip_reason is not None,
     }
+    if skip_reason is not None:
+        summary["skip_reason"] = skip_reason
+        return summary
+    assert notification is not None
     if notification.status is NotificationStatus.CANCELLED:
         return summary
     page_size = page_size_for(configured_page_size, *_attribute_load(repository, notification))
@@ -417,14 +426,22 @@ def final_status(notification: Notification, counts: Mapping[str, int]) -> Notif
     return NotificationStatus.COMPLETED
 
 
-def finalize(event: Mapping[str, Any], repository: NotificationRepository) -> Notification:
+def finalize(event: Mapping[str, Any], repository: NotificationRepository) -> Notification | None:
+    """Count the outcomes and set the final status; None when the execution failed
+    before it had a notification (a schedule's firing that could not create its run)."""
+    if not event.get("notification_id"):
+        return None
     notification = repository.get_notification(event["notification_id"])
     if event.get("error"):
-        return repository.finish(
+        finished = repository.finish(
             notification.id, NotificationStatus.FAILED, describe_error(event["error"])
         )
-    counts = repository.outcome_counts(notification.id)
-    return repository.finish(notification.id, final_status(notification, counts))
+    else:
+        counts = repository.outcome_counts(notification.id)
+        finished = repository.finish(notification.id, final_status(notification, counts))
+    if finished.schedule_id:
+        repository.complete_schedule(finished.schedule_id)
+    return finished
 
 
 def outcome_totals(results: Sequence[DeliveryResult]) -> dict[str, int]:
