@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import boto3
 
@@ -91,6 +92,13 @@ class LocalFunction:
         return self.handler()(event, context)
 
 
+def _as_utc(value: Any) -> datetime:
+    """A Scheduler date as boto3 returns it (datetime) or moto stores it (epoch)."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC)
+    return datetime.fromtimestamp(float(value), UTC)
+
+
 class _ScaledSleep:
     """Stands in for `time` in moto's retrier so Retry intervals can be shortened."""
 
@@ -136,6 +144,9 @@ class LocalRuntime:
         self.environment: dict[str, str] = {}
         self.state_machine_arn = ""
         self.platform_applications: dict[str, str] = {}
+        self.schedule_groups: list[str] = []
+        self._fired: dict[str, datetime] = {}
+        self._firing_lock = threading.Lock()
         self.servers: LocalServers | None = None
         self.failures: dict[str, list[BaseException]] = {}
 
@@ -295,6 +306,7 @@ class LocalRuntime:
             s3.create_bucket(Bucket=bucket)
             refs[logical_id] = bucket
             attributes[(logical_id, "Arn")] = f"arn:aws:s3:::{bucket}"
+        self._create_supporting_resources(refs, attributes)
 
         code = io.BytesIO()
         with zipfile.ZipFile(code, "w") as archive:
@@ -339,6 +351,34 @@ class LocalRuntime:
             refs[machine.logical_id] = arn
             self.state_machine_arn = arn
         self.resolver = Resolver(self.template, self.parameters, refs, attributes, pseudo)
+
+    def _create_supporting_resources(
+        self, refs: dict[str, str], attributes: dict[tuple[str, str], str]
+    ) -> None:
+        """What the functions name in their environment besides functions and buckets:
+        the schedule group, queues, topics, roles. Anything else the template declares
+        (the VPC, the database, the cache) stands for the local servers: it gets a
+        placeholder name so references to it resolve."""
+        for logical_id, resource in self.template.resources.items():
+            kind = resource["Type"]
+            name = f"{STACK}-{logical_id}"
+            if kind == "AWS::Scheduler::ScheduleGroup":
+                self.client("scheduler").create_schedule_group(Name=name)
+                self.schedule_groups.append(name)
+                attributes[(logical_id, "Arn")] = (
+                    f"arn:aws:scheduler:{REGION}:{ACCOUNT}:schedule-group/{name}"
+                )
+            elif kind == "AWS::SQS::Queue":
+                url = self.client("sqs").create_queue(QueueName=name)["QueueUrl"]
+                attributes[(logical_id, "Arn")] = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"
+                attributes[(logical_id, "QueueName")] = name
+                name = url
+            elif kind == "AWS::SNS::Topic":
+                name = self.client("sns").create_topic(Name=name)["TopicArn"]
+                attributes[(logical_id, "TopicName")] = f"{STACK}-{logical_id}"
+            elif kind == "AWS::IAM::Role":
+                attributes[(logical_id, "Arn")] = f"arn:aws:iam::{ACCOUNT}:role/{name}"
+            refs.setdefault(logical_id, name)
 
     def _install_environment(self) -> None:
         """Set the functions' environment, as the template resolves it, in this process.
@@ -450,6 +490,88 @@ class LocalRuntime:
             for event in self.history(execution_arn)
             if "stateEnteredEventDetails" in event
         ]
+
+    # -- EventBridge Scheduler (moto stores schedules but never fires them) --------
+
+    def fire_due_schedules(self) -> list[str]:
+        """Fire every schedule due by the runtime's clock, as EventBridge Scheduler would.
+
+        One-time `at()` schedules fire once and are deleted (ActionAfterCompletion
+        DELETE); cron schedules fire each time due since their start or their last
+        firing. Returns the started executions' ARNs.
+        """
+        from pushflow.domain.recurrence import Cron
+
+        scheduler = self.client("scheduler")
+        now = self.clock.now()
+        started: list[str] = []
+        with self._firing_lock:
+            for group in self.schedule_groups:
+                listed = scheduler.list_schedules(GroupName=group).get("Schedules", [])
+                for summary in listed:
+                    schedule = scheduler.get_schedule(GroupName=group, Name=summary["Name"])
+                    expression = schedule["ScheduleExpression"]
+                    if expression.startswith("at("):
+                        zone = ZoneInfo(schedule.get("ScheduleExpressionTimezone") or "UTC")
+                        due = datetime.fromisoformat(expression[3:-1]).replace(tzinfo=zone)
+                        if due <= now and schedule["Arn"] not in self._fired:
+                            started += self._fire(schedule, due)
+                            self._fired[schedule["Arn"]] = due
+                            if schedule.get("ActionAfterCompletion") == "DELETE":
+                                scheduler.delete_schedule(GroupName=group, Name=summary["Name"])
+                    elif expression.startswith("cron("):
+                        last = self._fired.get(schedule["Arn"]) or _as_utc(schedule["StartDate"])
+                        end = _as_utc(schedule["EndDate"]) if schedule.get("EndDate") else None
+                        firings = Cron.parse(expression).firings(
+                            last, schedule.get("ScheduleExpressionTimezone") or "UTC"
+                        )
+                        for due in firings:
+                            if due > now or (end is not None and due > end):
+                                break
+                            started += self._fire(schedule, due)
+                            self._fired[schedule["Arn"]] = due
+        return started
+
+    def _fire(self, schedule: Mapping[str, Any], due: datetime) -> list[str]:
+        """Invoke a schedule's universal sfn:startExecution target for one firing."""
+        target = schedule["Target"]
+        if target["Arn"] != "arn:aws:scheduler:::aws-sdk:sfn:startExecution":
+            raise RuntimeError(f"local mode fires only StartExecution targets, not {target['Arn']}")
+        text = (
+            target["Input"]
+            .replace("<aws.scheduler.scheduled-time>", due.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            .replace("<aws.scheduler.schedule-arn>", schedule["Arn"])
+            .replace("<aws.scheduler.execution-id>", uuid.uuid4().hex[:16])
+            .replace("<aws.scheduler.attempt-number>", "1")
+        )
+        start = json.loads(text)
+        parameters = {
+            "stateMachineArn": start["StateMachineArn"],
+            "input": start["Input"],
+            # Without a name AWS makes a unique one; moto would name it "None".
+            "name": start.get("Name") or str(uuid.uuid4()),
+        }
+        sfn = self.client("stepfunctions")
+        try:
+            return [str(sfn.start_execution(**parameters)["executionArn"])]
+        except sfn.exceptions.ExecutionAlreadyExists:
+            return []
+
+    def fire_schedules_continuously(self, every: float = 1.0) -> None:
+        """`pushflow local serve`: fire due schedules in the background until stopped."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(every):
+                try:
+                    self.fire_due_schedules()
+                except Exception:
+                    logging.getLogger(__name__).exception("firing schedules failed")
+
+        thread = threading.Thread(target=loop, name="schedules", daemon=True)
+        thread.start()
+        self._stack.callback(thread.join, 5)
+        self._stack.callback(stop.set)
 
     def sns_messages(self) -> dict[str, list[str]]:
         """What moto's SNS recorded per platform endpoint: endpoint ARN -> messages."""

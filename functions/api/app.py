@@ -9,11 +9,12 @@ same OpenAPI document API Gateway validates with.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 
-from pushflow.domain import registration, sending
+from pushflow.domain import registration, scheduling, sending
 from pushflow.domain.errors import (
     Conflict,
     Forbidden,
@@ -241,12 +242,15 @@ def send_notification() -> Response[Any]:
     _backend()
     request = _body("SendRequest")
     services = _services()
-    notification, created = sending.submit(
-        request,
-        services.repository,
-        services.workflow,
-        idempotency_key=_header("Idempotency-Key"),
-    )
+    key = _header("Idempotency-Key")
+    if "send_at" in request:
+        notification, created = scheduling.schedule_once(
+            request, services.repository, services.scheduler, services.clock.now(), key
+        )
+    else:
+        notification, created = sending.submit(
+            request, services.repository, services.workflow, idempotency_key=key
+        )
     return _json(202 if created else 200, notification.to_dict())
 
 
@@ -278,6 +282,64 @@ def cancel_notification(notification_id: str) -> Response[Any]:
     _backend()
     notification = registration.cancel(notification_id, _services().repository)
     return _json(202, notification.to_dict())
+
+
+@app.post("/v1/schedules")
+def create_schedule() -> Response[Any]:
+    _backend()
+    body = _body("ScheduleRequest")
+    services = _services()
+    schedule, created = scheduling.create_schedule(
+        body,
+        services.repository,
+        services.scheduler,
+        services.workflow,
+        services.clock.now(),
+        timedelta(minutes=services.settings.min_recurrence_minutes),
+        _header("Idempotency-Key"),
+    )
+    view = scheduling.schedule_view(schedule.id, services.repository, services.clock.now())
+    return _json(201 if created else 200, view)
+
+
+@app.get("/v1/schedules")
+def list_schedules() -> Response[Any]:
+    _backend()
+    query = app.current_event.query_string_parameters or {}
+    raw = query.get("limit", "20")
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise InvalidRequest("limit must be a whole number from 1 to 100", "limit")
+    services = _services()
+    now = services.clock.now()
+    schedules = services.repository.list_schedules(int(raw))
+    return _json(
+        200,
+        {
+            "schedules": [
+                scheduling.schedule_view(schedule.id, services.repository, now)
+                for schedule in schedules
+            ]
+        },
+    )
+
+
+@app.get("/v1/schedules/<schedule_id>")
+def get_schedule(schedule_id: str) -> Response[Any]:
+    _backend()
+    services = _services()
+    return _json(
+        200, scheduling.schedule_view(schedule_id, services.repository, services.clock.now())
+    )
+
+
+@app.delete("/v1/schedules/<schedule_id>")
+def cancel_schedule(schedule_id: str) -> Response[Any]:
+    _backend()
+    services = _services()
+    scheduling.cancel_schedule(schedule_id, services.repository, services.scheduler)
+    return _json(
+        200, scheduling.schedule_view(schedule_id, services.repository, services.clock.now())
+    )
 
 
 @task
