@@ -49,6 +49,10 @@ ROUTES = {
     ("GET", "/v1/notifications/{notification_id}"): "getNotification",
     ("GET", "/v1/notifications/{notification_id}/deliveries"): "listDeliveries",
     ("POST", "/v1/notifications/{notification_id}/cancel"): "cancelNotification",
+    ("POST", "/v1/schedules"): "createSchedule",
+    ("GET", "/v1/schedules"): "listSchedules",
+    ("GET", "/v1/schedules/{schedule_id}"): "getSchedule",
+    ("DELETE", "/v1/schedules/{schedule_id}"): "cancelSchedule",
 }
 
 INTEGRATION_URI = {
