@@ -9,41 +9,17 @@ permanent failure with its error code.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from pushflow.domain.publishing import PublishOutcome, PublishStatus, PushMessage
+
 _THROTTLED = frozenset({"Throttling", "ThrottlingException", "ThrottledException", "KMSThrottling"})
 _ENDPOINT_GONE = frozenset({"EndpointDisabled"})
 _RETRYABLE = frozenset({"InternalError", "InternalFailure", "ServiceUnavailable"})
-
-
-class PublishStatus(StrEnum):
-    SENT = "sent"
-    ENDPOINT_DISABLED = "endpoint_disabled"
-    THROTTLED = "throttled"
-    RETRYABLE = "retryable"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class PushMessage:
-    device_id: int
-    endpoint_arn: str
-    message: str  # the SNS JSON message (MessageStructure=json)
-    attributes: Mapping[str, Mapping[str, str]]
-
-
-@dataclass(frozen=True, slots=True)
-class PublishOutcome:
-    device_id: int
-    status: PublishStatus
-    message_id: str | None = None
-    error: str | None = None
 
 
 def classify(device_id: int, error: Exception) -> PublishOutcome:

@@ -32,6 +32,7 @@ from pushflow.domain.ports import (
     RecipientRules,
     WorkflowStarter,
 )
+from pushflow.domain.publishing import Publisher, PublishStatus, PushMessage
 
 # What a publish marker says an earlier attempt of the same page left behind.
 PENDING = "pending"
@@ -286,7 +287,7 @@ def publish(
     event: Mapping[str, Any],
     repository: NotificationRepository,
     markers: PublishMarkers,
-    publisher: Any,
+    publisher: Publisher,
 ) -> dict[str, Any]:
     """Publish a page once per device, whatever retries happen.
 
@@ -295,8 +296,6 @@ def publish(
     ThrottledError is raised: the ASL retries the page, and the retry pushes
     only the devices that were released.
     """
-    from pushflow.adapters.sns import PublishStatus, PushMessage
-
     notification = repository.get_notification(event["notification_id"])
     page = PageRef.from_event(event)
     recipients = [Recipient.from_dict(raw) for raw in event["recipients"]]
@@ -341,6 +340,7 @@ def publish(
     for outcome in publisher.publish(pushes):
         recipient = by_device[outcome.device_id]
         if outcome.status is PublishStatus.SENT:
+            assert outcome.message_id, "SNS answers a sent push with its message id"
             settled[outcome.device_id] = outcome.message_id
             results.append(
                 DeliveryResult(
