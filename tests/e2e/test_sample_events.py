@@ -1,0 +1,106 @@
+"""The sample events in events/ run through their functions, as `sam local invoke -e` would.
+
+Each event is the input its state receives; against the sample data they refer
+to (`pushflow invoke --sample-data`), every function answers without an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from pushflow_local.demo import SAMPLE_NOTIFICATION_ID, seed_sample_data
+from tests.conftest import REPO_ROOT, load_event
+
+pytestmark = pytest.mark.e2e
+
+EVENTS = {
+    "PrepareFunction": "prepare.json",
+    "ResolveRecipientsFunction": "resolve_recipients.json",
+    "FilterRecipientsFunction": "filter_recipients.json",
+    "PublishBatchFunction": "publish_batch.json",
+    "RecordResultsFunction": "record_results.json",
+    "RecordPageFailureFunction": "record_page_failure.json",
+    "FinalizeFunction": "finalize.json",
+    "PlanDeferredFunction": "plan_deferred.json",
+}
+
+
+@pytest.fixture
+def sample_runtime(clean_runtime: Any) -> Any:
+    seed_sample_data(clean_runtime)
+    return clean_runtime
+
+
+def test_every_task_function_has_a_sample_event() -> None:
+    from pushflow_local.template import Template
+
+    functions = {spec.logical_id for spec in Template().functions()}
+    missing = functions - set(EVENTS) - {"ApiFunction"}
+    assert not missing, f"no sample event for {sorted(missing)}"
+
+
+@pytest.mark.parametrize(("function", "event_file"), sorted(EVENTS.items()))
+def test_the_sample_event_runs_through_its_function(
+    sample_runtime: Any, function: str, event_file: str
+) -> None:
+    result = sample_runtime.invoke(function, load_event(event_file))
+
+    assert isinstance(result, dict)
+    assert result.get("notification_id") == SAMPLE_NOTIFICATION_ID
+
+
+def test_resolve_reads_the_sample_page_and_publish_sends_to_its_devices(
+    sample_runtime: Any,
+) -> None:
+    resolved = sample_runtime.invoke(
+        "ResolveRecipientsFunction", load_event("resolve_recipients.json")
+    )
+    assert [r["device_id"] for r in resolved["recipients"]] == [1, 2, 3]
+
+    published = sample_runtime.invoke("PublishBatchFunction", load_event("publish_batch.json"))
+    outcomes = {r["device_id"]: r["outcome"] for r in published["results"]}
+    assert outcomes == {1: "sent", 2: "opted_out", 3: "sent"}
+
+
+def test_the_api_sample_events_answer_like_api_gateway(sample_runtime: Any) -> None:
+    answer = sample_runtime.invoke("ApiFunction", load_event("api_get_notification.json"))
+
+    assert answer["statusCode"] == 200
+    assert json.loads(answer["body"])["notification_id"] == SAMPLE_NOTIFICATION_ID
+
+
+def test_pushflow_invoke_runs_a_handler_from_the_command_line() -> None:
+    # A process of its own, with none of this session's servers in its
+    # environment: the command starts its own local stack.
+    environment = {
+        name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ
+    }
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pushflow_local.cli",
+            "invoke",
+            "Finalize",
+            "-e",
+            "events/finalize.json",
+            "--sample-data",
+        ],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads(completed.stdout[completed.stdout.index("{") :])
+    assert result["notification_id"] == SAMPLE_NOTIFICATION_ID
+    assert result["status"] == "completed"
