@@ -2,12 +2,16 @@
 
 pushflow demo [--recipients N]       seed an audience, send to it, show what happened
 pushflow invoke FUNCTION -e EVENT    run one function's handler (like `sam local invoke`)
+pushflow local serve [--port 3000]   the HTTP API on localhost (like `sam local start-api`)
+pushflow local token --user SUB      an end-user token for the local API
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import threading
 import time
@@ -176,6 +180,57 @@ def _function_id(runtime: LocalRuntime, name: str) -> str:
     raise SystemExit(f"unknown function {name!r}; the template has: {known}")
 
 
+def serve(args: argparse.Namespace) -> int:
+    """The local stage on localhost until Ctrl-C; everything is stopped on the way out."""
+    from pushflow_local.server import LocalApiServer
+
+    stop = threading.Event()
+    # `kill` (SIGTERM) stops as cleanly as Ctrl-C: PostgreSQL and Redis are children to stop.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with (
+        LocalRuntime(progress=_say, log_path=LOG_PATH) as runtime,
+        LocalApiServer(runtime, args.host, args.port) as api,
+    ):
+        # Sends with `send_at` and schedules: moto stores them, local mode fires them.
+        runtime.fire_schedules_continuously()
+        url = api.url
+        send = json.dumps(
+            {
+                "category": "news",
+                "audience": {"type": "users", "external_ids": ["alice"]},
+                "content": {"title": "Hello", "body": "From the local API"},
+            }
+        )
+        print(
+            f"""
+Pushflow API on {url}  (requests and executions are logged below)
+API key (backend routes): {api.api_key}
+User token (/v1/me/...):   pushflow local token --user alice
+Function logs:            {LOG_PATH.relative_to(REPO_ROOT)}
+
+  curl {url}/health
+  curl -X PUT {url}/v1/me/devices -H "Authorization: $(pushflow local token --user alice)" \\
+       -H 'Content-Type: application/json' -d '{{"platform": "android", "token": "{"f" * 40}"}}'
+  curl -X POST {url}/v1/notifications -H 'x-api-key: {api.api_key}' \\
+       -H 'Content-Type: application/json' -d '{send}'
+
+Ctrl-C stops the API, the runtime and the local servers.
+""",
+            flush=True,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+        _say("stopping")
+    return 0
+
+
+def token(args: argparse.Namespace) -> int:
+    from pushflow_local.auth import load_credentials
+
+    print(load_credentials().mint_token(args.user, ttl=args.ttl))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="pushflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -198,6 +253,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sample events in events/ refer to",
     )
     invoke_parser.set_defaults(run=invoke)
+
+    local_parser = commands.add_parser("local", help="the HTTP API on localhost")
+    local_commands = local_parser.add_subparsers(dest="local_command", required=True)
+    serve_parser = local_commands.add_parser(
+        "serve", help="serve the API (API Gateway and ApiFunction) until Ctrl-C"
+    )
+    serve_parser.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
+    serve_parser.add_argument("--port", type=int, default=3000, help="default 3000; 0: any free")
+    serve_parser.set_defaults(run=serve)
+    token_parser = local_commands.add_parser(
+        "token", help="print an end-user token (the Authorization header of /v1/me/...)"
+    )
+    token_parser.add_argument("--user", required=True, help="the user's id (the token's sub)")
+    token_parser.add_argument(
+        "--ttl", type=int, default=3600, help="seconds the token is valid (default 3600)"
+    )
+    token_parser.set_defaults(run=token)
 
     args = parser.parse_args(argv)
     try:

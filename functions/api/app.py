@@ -139,6 +139,13 @@ def _header(name: str) -> str | None:
     return next((value for key, value in headers.items() if key.lower() == wanted), None)
 
 
+def _path(name: str, matched: str) -> str:
+    """A path parameter, decoded: API Gateway passes `path` percent-encoded (which the
+    router matches on) and `pathParameters` decoded (which clients mean)."""
+    value = (app.current_event.path_parameters or {}).get(name, matched)
+    return check_parameter(name, value)
+
+
 def _device_id(raw: str) -> int:
     if not raw.isdigit() or len(raw) > 18:
         raise NotFound(f"device {raw} not found")
@@ -215,13 +222,13 @@ def list_topics() -> Response[Any]:
 
 @app.put("/v1/me/topics/<topic>")
 def subscribe(topic: str) -> Response[Any]:
-    registration.subscribe(_end_user(), check_parameter("topic", topic), _services().repository)
+    registration.subscribe(_end_user(), _path("topic", topic), _services().repository)
     return Response(status_code=204)
 
 
 @app.delete("/v1/me/topics/<topic>")
 def unsubscribe(topic: str) -> Response[Any]:
-    registration.unsubscribe(_end_user(), check_parameter("topic", topic), _services().repository)
+    registration.unsubscribe(_end_user(), _path("topic", topic), _services().repository)
     return Response(status_code=204)
 
 
@@ -231,7 +238,7 @@ def unsubscribe(topic: str) -> Response[Any]:
 @app.put("/v1/users/<external_id>")
 def upsert_user(external_id: str) -> Response[Any]:
     _backend()
-    check_parameter("external_id", external_id)
+    external_id = _path("external_id", external_id)
     body = _body("UserProfile")
     user, created = registration.upsert_user(external_id, body, _services().repository)
     return _json(201 if created else 200, user.to_dict())
