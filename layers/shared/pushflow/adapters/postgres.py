@@ -924,10 +924,14 @@ class Repository:
         request: Mapping[str, Any],
         idempotency_key: str | None,
         fields: Mapping[str, Any],
+        client_request: Mapping[str, Any],
     ) -> tuple[Schedule, bool]:
-        """Insert a schedule; with an idempotency key, return the existing one instead."""
-        body = {"kind": kind.value, "request": request, **{k: str(v) for k, v in fields.items()}}
-        digest = request_hash(body)
+        """Insert a schedule; with an idempotency key, return the existing one instead.
+
+        The key is matched against what the client sent (`client_request`), not
+        against values the server filled in (a start defaulting to "now").
+        """
+        digest = request_hash({"kind": kind.value, "request": client_request})
         new_id = str(uuid.uuid4())
         columns = (
             "send_at",

@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from itertools import islice, pairwise
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from pushflow.domain.errors import InvalidRequest
 
@@ -40,14 +40,23 @@ def _invalid(message: str, field: str = "cron") -> InvalidRequest:
 
 
 def _check_numbers(name: str, value: str, low: int, high: int) -> None:
-    for number in re.findall(r"\d+", value.split("#")[0]):
-        if not low <= int(number) <= high:
-            raise _invalid(f"cron {name} {number} is out of range {low}-{high}")
+    # Steps (after `/`) and nth-weekday counts (after `#`) are not values of the field.
+    for part in value.split(","):
+        for number in re.findall(r"\d+", part.split("/")[0].split("#")[0]):
+            if not low <= int(number) <= high:
+                raise _invalid(f"cron {name} {number} is out of range {low}-{high}")
 
 
 def _shift_weekdays(value: str) -> str:
-    """EventBridge numbers weekdays 1-7 from Sunday; cron numbers them 0-6."""
-    return re.sub(r"\d+", lambda m: str(int(m.group()) - 1), value)
+    """EventBridge numbers weekdays 1-7 from Sunday; cron numbers them 0-6.
+
+    Only weekday numbers shift, not the `n` of `2#1` (the first Monday)."""
+
+    def shift(part: str) -> str:
+        day, sep, nth = part.partition("#")
+        return re.sub(r"\d+", lambda m: str(int(m.group()) - 1), day) + sep + nth
+
+    return ",".join(shift(part) for part in value.split(","))
 
 
 def _years(value: str) -> frozenset[int] | None:
@@ -107,15 +116,27 @@ class Cron:
         return cls(f"cron({' '.join(fields)})", standard, _years(year))
 
     def firings(self, after: datetime, time_zone: str) -> Iterator[datetime]:
-        """Firing times (UTC) strictly after `after`, in the schedule's zone."""
+        """Firing times (UTC) strictly after `after`, in the schedule's zone.
+
+        As EventBridge Scheduler does across DST: a wall time the clocks skip
+        does not fire that day, and one they repeat fires once.
+        """
         zone = ZoneInfo(time_zone)
         moments = croniter(self.croniter_expression, after.astimezone(zone))
+        previous_wall: datetime | None = None
         while True:
-            moment: datetime = moments.get_next(datetime)
+            try:
+                moment: datetime = moments.get_next(datetime)
+            except CroniterBadDateError:  # e.g. 31 FEB: no date ever matches
+                return
             if moment.year > _MAX_YEAR or (
                 self.years is not None and moment.year > max(self.years)
             ):
                 return
+            wall = moment.replace(tzinfo=None)
+            if wall == previous_wall or not croniter.match(self.croniter_expression, wall):
+                continue  # the repeated hour of a fall-back night; a skipped spring time
+            previous_wall = wall
             if self.years is None or moment.year in self.years:
                 yield moment.astimezone(UTC)
 

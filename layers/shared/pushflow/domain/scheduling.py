@@ -60,6 +60,7 @@ class ScheduleRepository(NotificationRepository, Protocol):
         request: Mapping[str, Any],
         idempotency_key: str | None,
         fields: Mapping[str, Any],
+        client_request: Mapping[str, Any],
     ) -> tuple[Schedule, bool]: ...
 
     def get_schedule(self, schedule_id: str) -> Schedule: ...
@@ -122,7 +123,7 @@ def schedule_once(
     send = {key: value for key, value in request.items() if key != "send_at"}
     check_request(send)
     schedule, created = repository.create_schedule(
-        ScheduleKind.ONCE, send, idempotency_key, {"send_at": send_at}
+        ScheduleKind.ONCE, send, idempotency_key, {"send_at": send_at}, request
     )
     notification, _ = repository.add_run(
         schedule.id, "once", send_at, send, send["category"], NotificationStatus.SCHEDULED
@@ -160,15 +161,13 @@ def create_schedule(
         ) from None
     if "recurrence" in body:
         return _create_recurring(
-            body["recurrence"], send, repository, scheduler, now, minimum_interval, idempotency_key
+            body, send, repository, scheduler, now, minimum_interval, idempotency_key
         )
-    return _create_local_time(
-        body["local_time"], send, repository, scheduler, workflow, now, idempotency_key
-    )
+    return _create_local_time(body, send, repository, scheduler, workflow, now, idempotency_key)
 
 
 def _create_recurring(
-    spec: Mapping[str, Any],
+    body: Mapping[str, Any],
     send: Mapping[str, Any],
     repository: ScheduleRepository,
     scheduler: Schedules,
@@ -176,6 +175,7 @@ def _create_recurring(
     minimum_interval: timedelta,
     idempotency_key: str | None,
 ) -> tuple[Schedule, bool]:
+    spec = body["recurrence"]
     time_zone = check_time_zone(spec["time_zone"], "recurrence.time_zone")
     try:
         cron = Cron.parse(spec["cron"])
@@ -196,6 +196,7 @@ def _create_recurring(
         send,
         idempotency_key,
         {"cron": cron.expression, "time_zone": time_zone, "start_at": start_at, "end_at": end_at},
+        body,
     )
     scheduler.recurring(
         recurring_name(schedule.id),
@@ -209,7 +210,7 @@ def _create_recurring(
 
 
 def _create_local_time(
-    spec: Mapping[str, Any],
+    body: Mapping[str, Any],
     send: Mapping[str, Any],
     repository: ScheduleRepository,
     scheduler: Schedules,
@@ -217,6 +218,7 @@ def _create_local_time(
     now: datetime,
     idempotency_key: str | None,
 ) -> tuple[Schedule, bool]:
+    spec = body["local_time"]
     at = time.fromisoformat(spec["at"])
     on = date.fromisoformat(spec["date"]) if "date" in spec else None
     if on is not None and on < (now - timedelta(hours=14)).date():
@@ -227,6 +229,7 @@ def _create_local_time(
         send,
         idempotency_key,
         {"local_time": at, "local_date": on, "if_passed": if_passed},
+        body,
     )
     for zone in repository.audience_time_zones(send["audience"]):
         group = {**send, "audience": {**send["audience"], "time_zone": zone}}
