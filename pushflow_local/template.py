@@ -3,7 +3,8 @@
 moto does not apply the SAM transform, so the local runtime reads the
 functions (code folder, handler, environment) and the state machine
 (definition file and substitutions) itself, and resolves the few intrinsic
-functions those use: Ref, Fn::Sub, Fn::GetAtt, Fn::If over the conditions.
+functions those use: Ref, Fn::Sub, Fn::GetAtt, Fn::If over the conditions,
+Fn::Join, Fn::Select, Fn::Split and Fn::GetAZs.
 """
 
 from __future__ import annotations
@@ -89,7 +90,13 @@ class Template:
 
 
 class Resolver:
-    """Resolves intrinsic functions against local parameter values and resources."""
+    """Resolves intrinsic functions against local parameter values and resources.
+
+    Resources the local runtime does not create (the VPC, RDS, ElastiCache,
+    queues, alarms...) stand for the embedded servers: a Ref or GetAtt of one
+    resolves to a stable placeholder, `local-<LogicalId>` or
+    `local-<LogicalId>-<Attribute>`, never to a real address.
+    """
 
     def __init__(
         self,
@@ -102,10 +109,37 @@ class Resolver:
         self.template = template
         self.values = {**pseudo, **parameters, **refs}
         self.attributes = attributes
-        self.conditions = {
-            name: self.resolve(condition)
-            for name, condition in template.document.get("Conditions", {}).items()
-        }
+        self.region = pseudo.get("AWS::Region", "us-east-1")
+        self.conditions: dict[str, Any] = {}
+        for name, condition in template.document.get("Conditions", {}).items():
+            self.conditions[name] = self.resolve(condition)
+
+    def _ref(self, name: str) -> Any:
+        if name in self.values:
+            return self.values[name]
+        if name in self.template.resources:
+            return f"local-{name}"
+        raise KeyError(f"Ref to {name!r}: neither a parameter nor a resource")
+
+    def _attribute(self, logical_id: str, attribute: str) -> str:
+        if (logical_id, attribute) in self.attributes:
+            return self.attributes[(logical_id, attribute)]
+        if logical_id in self.template.resources:
+            return f"local-{logical_id}-{attribute}"
+        raise KeyError(f"GetAtt of {logical_id!r}: not a resource")
+
+    @staticmethod
+    def _as_list(value: Any) -> list[Any]:
+        # A CommaDelimitedList parameter reaches here as its raw text.
+        if isinstance(value, str):
+            return value.split(",") if value else []
+        return list(value)
+
+    def _condition(self, name: str) -> Any:
+        # Conditions may name conditions declared after them.
+        if name not in self.conditions:
+            self.conditions[name] = self.resolve(self.template.document["Conditions"][name])
+        return self.conditions[name]
 
     def resolve(self, node: Any) -> Any:
         if isinstance(node, list):
@@ -116,17 +150,28 @@ class Resolver:
             return {key: self.resolve(value) for key, value in node.items()}
         ((key, value),) = node.items()
         if key == "Ref":
-            return self.values[value]
+            return self._ref(value)
         if key == "Fn::GetAtt":
             logical_id, attribute = value.split(".", 1) if isinstance(value, str) else value
-            return self.attributes[(logical_id, attribute)]
+            return self._attribute(logical_id, attribute)
+        if key == "Fn::Join":
+            delimiter, items = value
+            return str(delimiter).join(str(item) for item in self._as_list(self.resolve(items)))
+        if key == "Fn::Split":
+            delimiter, text = value
+            return str(self.resolve(text)).split(str(delimiter))
+        if key == "Fn::Select":
+            index, items = value
+            return self._as_list(self.resolve(items))[int(self.resolve(index))]
+        if key == "Fn::GetAZs":
+            return [f"{self.region}{zone}" for zone in "abc"]
         if key == "Fn::Sub":
             text, extra = (value, {}) if isinstance(value, str) else value
             names = {**self.values, **{k: self.resolve(v) for k, v in extra.items()}}
             return re.sub(r"\$\{([^}!]+)\}", lambda m: self._sub(m.group(1), names), text)
         if key == "Fn::If":
             name, when_true, when_false = value
-            return self.resolve(when_true if self.conditions[name] else when_false)
+            return self.resolve(when_true if self._condition(name) else when_false)
         if key == "Fn::Equals":
             left, right = (self.resolve(v) for v in value)
             return str(left) == str(right)
@@ -137,11 +182,13 @@ class Resolver:
         if key == "Fn::Or":
             return any(self.resolve(v) for v in value)
         if key == "Condition":
-            return self.conditions[value]
+            return self._condition(value)
         return {key: self.resolve(value)}
 
     def _sub(self, name: str, names: Mapping[str, Any]) -> str:
+        if name in names:
+            return str(names[name])
         if "." in name:
             logical_id, attribute = name.split(".", 1)
-            return self.attributes[(logical_id, attribute)]
-        return str(names[name])
+            return self._attribute(logical_id, attribute)
+        return str(self._ref(name))

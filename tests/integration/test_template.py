@@ -28,6 +28,10 @@ TASK_FUNCTIONS = [
     "FinalizeFunction",
 ]
 ALL_FUNCTIONS = [*TASK_FUNCTIONS, "ApiFunction"]
+TOKEN_LIFECYCLE_FUNCTIONS = ["TokenLifecycleFunction", "DeviceSweepFunction"]
+# Every function that reads or writes PostgreSQL.
+DATABASE_FUNCTIONS = [*ALL_FUNCTIONS, *TOKEN_LIFECYCLE_FUNCTIONS, "MigrateFunction"]
+STACK_FUNCTIONS = [*DATABASE_FUNCTIONS, "PlatformApplicationFunction"]
 
 GLOBAL_ENVIRONMENT_KEYS = {
     "POWERTOOLS_SERVICE_NAME",
@@ -137,7 +141,7 @@ def _policy_templates(policies: list[Any], template_name: str) -> list[dict[str,
     return [p[template_name] for p in policies if isinstance(p, dict) and template_name in p]
 
 
-@pytest.mark.parametrize("function_name", ALL_FUNCTIONS)
+@pytest.mark.parametrize("function_name", STACK_FUNCTIONS)
 def test_function_code_folder_has_app_py_defining_the_handler(
     template: dict[str, Any], resources: dict[str, Any], function_name: str
 ) -> None:
@@ -230,20 +234,32 @@ def test_no_iam_statement_allows_everything(resources: dict[str, Any]) -> None:
             )
 
 
-def test_secret_access_is_granted_only_when_a_secret_is_configured(
+def test_secret_access_is_granted_for_exactly_the_database_secret_in_use(
     template: dict[str, Any], resources: dict[str, Any]
 ) -> None:
-    assert "HasDatabaseSecret" in template["Conditions"]
-    for function_name in ALL_FUNCTIONS:
+    # GIVEN the secret the functions are configured with: the generated one when the
+    # stack creates the database, the DatabaseSecretArn parameter otherwise
+    secret_arn = template["Globals"]["Function"]["Environment"]["Variables"]["DATABASE_SECRET_ARN"]
+    assert secret_arn == {
+        "Fn::If": ["CreateDatabase", {"Ref": "DatabaseSecret"}, {"Ref": "DatabaseSecretArn"}]
+    }
+    # THEN every function that talks to PostgreSQL may read that secret and no other
+    for function_name in DATABASE_FUNCTIONS:
         policies = resources[function_name]["Properties"]["Policies"]
-        conditional = [p["Fn::If"] for p in policies if isinstance(p, dict) and "Fn::If" in p]
-        assert conditional, f"{function_name}: no conditional secret policy"
-        condition, when_set, when_unset = conditional[0]
-        assert condition == "HasDatabaseSecret"
-        assert when_set == {
-            "AWSSecretsManagerGetSecretValuePolicy": {"SecretArn": {"Ref": "DatabaseSecretArn"}}
-        }
-        assert when_unset == {"Ref": "AWS::NoValue"}
+        granted = _policy_templates(policies, "AWSSecretsManagerGetSecretValuePolicy")
+        assert granted == [{"SecretArn": secret_arn}], function_name
+    # AND the platform-application function reads only the APNs/FCM secrets, if given
+    platform_policies = resources["PlatformApplicationFunction"]["Properties"]["Policies"]
+    conditional = [p["Fn::If"] for p in platform_policies if isinstance(p, dict) and "Fn::If" in p]
+    assert {
+        (condition, when_set["AWSSecretsManagerGetSecretValuePolicy"]["SecretArn"]["Ref"])
+        for condition, when_set, _ in conditional
+    } == {("HasApnsKey", "ApnsSigningKeySecretArn"), ("HasFcmKey", "FcmServiceAccountSecretArn")}
+    # AND no inline statement grants Secrets Manager beyond the proxy's own secret
+    for owner, statement in _all_statements(resources):
+        if any(str(a).startswith("secretsmanager:") for a in _as_list(statement["Action"])):
+            assert owner == "DatabaseProxyRole"
+            assert statement["Resource"] == {"Ref": "DatabaseSecret"}
 
 
 def test_no_parameter_default_looks_like_a_secret(template: dict[str, Any]) -> None:
@@ -412,15 +428,31 @@ def test_user_pool_is_created_unless_an_existing_one_is_given(
     }
 
 
-def test_api_function_knows_the_state_machine_and_platform_applications(
+def test_api_function_knows_the_state_machine_platform_applications_and_scheduler(
     resources: dict[str, Any],
 ) -> None:
     variables = resources["ApiFunction"]["Properties"]["Environment"]["Variables"]
+
+    def created_or_given(condition: str, resource: str, parameter: str) -> dict[str, Any]:
+        return {"Fn::If": [condition, {"Ref": resource}, {"Ref": parameter}]}
+
     assert variables == {
         "STATE_MACHINE_ARN": {"Ref": "SendNotificationStateMachine"},
-        "APNS_PLATFORM_APPLICATION_ARN": {"Ref": "ApnsPlatformApplicationArn"},
-        "APNS_SANDBOX_PLATFORM_APPLICATION_ARN": {"Ref": "ApnsSandboxPlatformApplicationArn"},
-        "FCM_PLATFORM_APPLICATION_ARN": {"Ref": "FcmPlatformApplicationArn"},
+        "APNS_PLATFORM_APPLICATION_ARN": created_or_given(
+            "CreateApnsApplication", "ApnsPlatformApplication", "ApnsPlatformApplicationArn"
+        ),
+        "APNS_SANDBOX_PLATFORM_APPLICATION_ARN": created_or_given(
+            "CreateApnsSandboxApplication",
+            "ApnsSandboxPlatformApplication",
+            "ApnsSandboxPlatformApplicationArn",
+        ),
+        "FCM_PLATFORM_APPLICATION_ARN": created_or_given(
+            "CreateFcmApplication", "FcmPlatformApplication", "FcmPlatformApplicationArn"
+        ),
+        "SCHEDULE_GROUP": {"Ref": "SendScheduleGroup"},
+        "SCHEDULER_ROLE_ARN": {"Fn::GetAtt": ["SchedulerRole", "Arn"]},
+        "SCHEDULE_DLQ_ARN": {"Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"]},
+        "MIN_RECURRENCE_MINUTES": {"Ref": "MinRecurrenceMinutes"},
     }
 
 
@@ -439,3 +471,593 @@ def test_outputs_name_what_a_deployer_needs(template: dict[str, Any]) -> None:
     }
     # The key's id, never its value (an output is readable by anyone who can describe the stack).
     assert outputs["BackendApiKeyId"]["Value"] == {"Ref": "BackendApiKey"}
+
+
+# -- the production stack: network, data, secrets, token lifecycle, operations ------------
+
+
+def _of_type(resources: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in resources.items() if r["Type"] == kind}
+
+
+def _refs(node: Any) -> set[str]:
+    """Every logical id or parameter a node references (Ref, GetAtt, ${...} in Sub)."""
+    found: set[str] = set()
+    if isinstance(node, list):
+        for item in node:
+            found |= _refs(item)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Ref":
+                found.add(str(value).split(".")[0])
+            elif key == "Fn::GetAtt":
+                found.add(value[0] if isinstance(value, list) else str(value).split(".")[0])
+            elif key == "Fn::Sub":
+                text = value if isinstance(value, str) else value[0]
+                found |= {name.split(".")[0] for name in SUBSTITUTION.findall(text)}
+                if not isinstance(value, str):
+                    found |= _refs(value[1])
+            else:
+                found |= _refs(value)
+    return found
+
+
+def test_functions_run_in_private_subnets_with_no_route_to_the_internet(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    # GIVEN every function's network (from Globals; none overrides it)
+    vpc_config = template["Globals"]["Function"]["VpcConfig"]
+    assert vpc_config["SubnetIds"] == {
+        "Fn::If": [
+            "CreateNetwork",
+            [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}],
+            {"Ref": "SubnetIds"},
+        ]
+    }
+    for function_name in STACK_FUNCTIONS:
+        assert "VpcConfig" not in resources[function_name]["Properties"], function_name
+    # THEN FunctionSecurityGroup is attached whether or not extra groups are given
+    extra, alone = vpc_config["SecurityGroupIds"]["Fn::If"][1:]
+    assert "FunctionSecurityGroup" in _refs(extra)
+    assert alone == [{"Ref": "FunctionSecurityGroup"}]
+    # AND the created subnets are private, in two zones, with no way out but the endpoints
+    zones = set()
+    for name in ("PrivateSubnetA", "PrivateSubnetB"):
+        subnet = resources[name]
+        assert subnet["Condition"] == "CreateNetwork"
+        assert subnet["Properties"]["MapPublicIpOnLaunch"] is False
+        zones.add(json.dumps(subnet["Properties"]["AvailabilityZone"]))
+    assert len(zones) == 2
+    for kind in ("AWS::EC2::InternetGateway", "AWS::EC2::NatGateway", "AWS::EC2::Route"):
+        assert not _of_type(resources, kind), f"{kind} gives the private subnets a way out"
+
+
+def test_vpc_endpoints_reach_every_aws_api_the_functions_call(resources: dict[str, Any]) -> None:
+    endpoints = _of_type(resources, "AWS::EC2::VPCEndpoint")
+    services = {}
+    for name, endpoint in endpoints.items():
+        assert endpoint["Condition"] == "CreateNetwork", name
+        props = endpoint["Properties"]
+        service = props["ServiceName"]["Fn::Sub"].rsplit(".", 1)[-1]
+        services[service] = props
+    # SNS (publish, endpoints), Step Functions (start/stop sends), Scheduler (timed sends),
+    # Secrets Manager (database credentials), S3 (page plans; custom resource answers).
+    assert set(services) == {"sns", "states", "scheduler", "secretsmanager", "s3"}
+    assert services["s3"]["VpcEndpointType"] == "Gateway"
+    assert services["s3"]["RouteTableIds"] == [{"Ref": "PrivateRouteTable"}]
+    for service in ("sns", "states", "scheduler", "secretsmanager"):
+        props = services[service]
+        assert props["VpcEndpointType"] == "Interface"
+        assert props["PrivateDnsEnabled"] is True
+        assert props["SecurityGroupIds"] == [{"Ref": "EndpointSecurityGroup"}]
+
+
+def test_security_groups_admit_only_what_they_must(resources: dict[str, Any]) -> None:
+    groups = _of_type(resources, "AWS::EC2::SecurityGroup")
+    ingress = {
+        name: group["Properties"].get("SecurityGroupIngress", []) for name, group in groups.items()
+    }
+    ingress_rules = _of_type(resources, "AWS::EC2::SecurityGroupIngress")
+    assert not ingress_rules, "ingress belongs in the groups, where it can be read in one place"
+    # The functions accept nothing; the data stores accept only their one client.
+    assert ingress["FunctionSecurityGroup"] == []
+
+    def sources(name: str) -> list[tuple[Any, int, int]]:
+        return [
+            (rule.get("SourceSecurityGroupId"), rule["FromPort"], rule["ToPort"])
+            for rule in ingress[name]
+        ]
+
+    assert sources("DatabaseProxySecurityGroup") == [({"Ref": "FunctionSecurityGroup"}, 5432, 5432)]
+    assert sources("DatabaseSecurityGroup") == [({"Ref": "DatabaseProxySecurityGroup"}, 5432, 5432)]
+    assert sources("CacheSecurityGroup") == [({"Ref": "FunctionSecurityGroup"}, 6379, 6380)]
+    (endpoint_rule,) = ingress["EndpointSecurityGroup"]
+    assert (endpoint_rule["FromPort"], endpoint_rule["ToPort"]) == (443, 443)
+    assert endpoint_rule["CidrIp"] == {"Fn::GetAtt": ["Vpc", "CidrBlock"]}
+    for name, rules in ingress.items():
+        for rule in rules:
+            assert rule.get("CidrIp") != "0.0.0.0/0", f"{name} is open to the internet"
+    # The functions' egress to the stores goes to the stores' own groups when the stack made them.
+    to_database = resources["FunctionToDatabaseEgress"]["Properties"]
+    assert to_database["DestinationSecurityGroupId"]["Fn::If"][:2] == [
+        "CreateDatabase",
+        {"Ref": "DatabaseProxySecurityGroup"},
+    ]
+    to_cache = resources["FunctionToCacheEgress"]["Properties"]
+    assert to_cache["DestinationSecurityGroupId"]["Fn::If"][:2] == [
+        "CreateCache",
+        {"Ref": "CacheSecurityGroup"},
+    ]
+
+
+def test_database_is_encrypted_private_tls_only_and_reached_through_the_proxy(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    database = resources["Database"]
+    props = database["Properties"]
+    assert database["Condition"] == "CreateDatabase"
+    assert (database["DeletionPolicy"], database["UpdateReplacePolicy"]) == ("Snapshot", "Snapshot")
+    assert props["Engine"] == "postgres"
+    assert props["StorageEncrypted"] is True
+    assert props["PubliclyAccessible"] is False
+    # Credentials: generated into Secrets Manager, never a value in the template.
+    assert props["MasterUsername"] == {
+        "Fn::Sub": "{{resolve:secretsmanager:${DatabaseSecret}:SecretString:username}}"
+    }
+    assert props["MasterUserPassword"] == {
+        "Fn::Sub": "{{resolve:secretsmanager:${DatabaseSecret}:SecretString:password}}"
+    }
+    secret = resources["DatabaseSecret"]["Properties"]
+    assert "SecretString" not in secret
+    assert secret["GenerateSecretString"]["GenerateStringKey"] == "password"
+    assert secret["GenerateSecretString"]["PasswordLength"] >= 32
+    # TLS: the server refuses plain connections, the proxy too.
+    parameter_group = resources[props["DBParameterGroupName"]["Ref"]]["Properties"]
+    assert parameter_group["Parameters"]["rds.force_ssl"] == "1"
+    proxy = resources["DatabaseProxy"]["Properties"]
+    assert proxy["RequireTLS"] is True
+    assert proxy["EngineFamily"] == "POSTGRESQL"
+    assert proxy["Auth"] == [
+        {
+            "AuthScheme": "SECRETS",
+            "SecretArn": {"Ref": "DatabaseSecret"},
+            "IAMAuth": "DISABLED",
+            "ClientPasswordAuthType": "POSTGRES_SCRAM_SHA_256",
+        }
+    ]
+    targets = resources["DatabaseProxyTargetGroup"]["Properties"]
+    assert targets["DBInstanceIdentifiers"] == [{"Ref": "Database"}]
+    # AND the functions connect to the proxy when the stack created the database
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["DATABASE_HOST"] == {
+        "Fn::If": [
+            "CreateDatabase",
+            {"Fn::GetAtt": ["DatabaseProxy", "Endpoint"]},
+            {"Ref": "DatabaseHost"},
+        ]
+    }
+    assert template["Rules"]["ExistingDatabaseNeedsItsSecret"]["RuleCondition"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "DatabaseHost"}, ""]}]
+    }
+
+
+def test_cache_is_serverless_valkey_over_tls_in_the_private_subnets(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    cache = resources["Cache"]
+    assert cache["Condition"] == "CreateCache"
+    props = cache["Properties"]
+    assert props["Engine"] == "valkey"
+    assert props["SecurityGroupIds"] == [{"Ref": "CacheSecurityGroup"}]
+    assert props["SubnetIds"]["Fn::If"][0] == "CreateNetwork"
+    assert "DataStorage" in props["CacheUsageLimits"]
+    # ElastiCache Serverless speaks TLS only: the URL says rediss://.
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    created, given = variables["REDIS_URL"]["Fn::If"][1:]
+    assert variables["REDIS_URL"]["Fn::If"][0] == "CreateCache"
+    assert created == {"Fn::Sub": "rediss://${Cache.Endpoint.Address}:${Cache.Endpoint.Port}"}
+    assert given == {"Ref": "RedisUrl"}
+    assert template["Parameters"]["RedisUrl"]["NoEcho"] is True
+
+
+@pytest.mark.parametrize("function_name", STACK_FUNCTIONS)
+def test_every_function_logs_to_its_own_log_group_kept_30_days(
+    resources: dict[str, Any], function_name: str
+) -> None:
+    log_group = resources[function_name]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+    group = resources[log_group]
+    assert group["Type"] == "AWS::Logs::LogGroup"
+    assert group["Properties"]["RetentionInDays"] == 30
+    assert "${AWS::StackName}" in group["Properties"]["LogGroupName"]["Fn::Sub"]
+    users = [
+        name
+        for name in STACK_FUNCTIONS
+        if resources[name]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"] == log_group
+    ]
+    assert users == [function_name]
+
+
+def test_every_log_group_has_a_retention(resources: dict[str, Any]) -> None:
+    for name, group in _of_type(resources, "AWS::Logs::LogGroup").items():
+        assert group["Properties"]["RetentionInDays"] == 30, name
+
+
+def test_tracing_is_on_for_functions_state_machine_and_api(
+    template: dict[str, Any], resources: dict[str, Any], state_machine: dict[str, Any]
+) -> None:
+    assert template["Globals"]["Function"]["Tracing"] == "Active"
+    for function_name in STACK_FUNCTIONS:
+        assert resources[function_name]["Properties"].get("Tracing", "Active") == "Active"
+    assert state_machine["Tracing"] == {"Enabled": True}
+    assert resources["PushflowApi"]["Properties"]["TracingEnabled"] is True
+
+
+def _alarm_metrics(alarm: dict[str, Any]) -> list[dict[str, Any]]:
+    """The metrics an alarm watches (its own, or those of its metric math)."""
+    props = alarm["Properties"]
+    if "Metrics" in props:
+        return [
+            query["MetricStat"]["Metric"] for query in props["Metrics"] if "MetricStat" in query
+        ]
+    return [
+        {
+            "Namespace": props["Namespace"],
+            "MetricName": props["MetricName"],
+            "Dimensions": props.get("Dimensions", []),
+        }
+    ]
+
+
+def _dimension_values(metric: dict[str, Any], name: str) -> list[Any]:
+    return [d["Value"] for d in metric.get("Dimensions", []) if d["Name"] == name]
+
+
+def test_alarms_watch_sends_publishes_throttles_dead_letters_and_errors(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    alarms = _of_type(resources, "AWS::CloudWatch::Alarm")
+    # Every alarm notifies the one alarm topic, when it fires and when it clears.
+    for name, alarm in alarms.items():
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}], name
+        assert alarm["Properties"]["OKActions"] == [{"Ref": "AlarmTopic"}], name
+        assert alarm["Properties"]["AlarmDescription"].strip(), name
+
+    def watched(metric_name: str, dimension: str) -> set[str]:
+        return {
+            ref
+            for alarm in alarms.values()
+            for metric in _alarm_metrics(alarm)
+            if metric["MetricName"] == metric_name
+            for value in _dimension_values(metric, dimension)
+            for ref in _refs(value)
+        }
+
+    # Failed sends
+    assert "SendNotificationStateMachine" in watched("ExecutionsFailed", "StateMachineArn")
+    assert "SendNotificationStateMachine" in watched("ExecutionsTimedOut", "StateMachineArn")
+    # Lambda errors and throttles, for every function that serves traffic
+    serving = [*ALL_FUNCTIONS, *TOKEN_LIFECYCLE_FUNCTIONS]
+    assert set(serving) <= watched("Errors", "FunctionName")
+    assert set(serving) <= watched("Throttles", "FunctionName")
+    assert "SendNotificationStateMachine" in watched("ExecutionThrottled", "StateMachineArn")
+    # Dead letters, for every queue
+    queues = set(_of_type(resources, "AWS::SQS::Queue"))
+    assert queues and queues <= watched("ApproximateNumberOfMessagesVisible", "QueueName")
+
+
+def test_publish_failure_rate_alarm_reads_the_metrics_finalize_emits(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    from pushflow.domain.models import Outcome
+
+    # GIVEN what Finalize publishes: Deliveries_<outcome>, in the Powertools namespace,
+    # with the Powertools service as dimension
+    finalize = (REPO_ROOT / "functions" / "finalize" / "app.py").read_text(encoding="utf-8")
+    assert 'name=f"Deliveries_{outcome}"' in finalize
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    namespace = variables["POWERTOOLS_METRICS_NAMESPACE"]
+    assert namespace == {"Fn::Sub": "Pushflow/${AWS::StackName}"}
+
+    # THEN the alarm divides failed by sent + failed over those very metrics
+    alarm = resources["PublishFailureRateAlarm"]["Properties"]
+    metrics = {m["MetricName"]: m for m in _alarm_metrics({"Properties": alarm})}
+    assert set(metrics) == {f"Deliveries_{Outcome.SENT}", f"Deliveries_{Outcome.FAILED}"}
+    for metric in metrics.values():
+        assert metric["Namespace"] == namespace
+        assert metric["Dimensions"] == [
+            {"Name": "service", "Value": variables["POWERTOOLS_SERVICE_NAME"]}
+        ]
+    (expression,) = [q["Expression"] for q in alarm["Metrics"] if "Expression" in q]
+    assert "100 * FILL(failed, 0) / (FILL(sent, 0) + FILL(failed, 0))" in expression
+    assert alarm["Threshold"] == {"Ref": "PublishFailureRatePercent"}
+
+
+def test_queues_and_topics_are_encrypted_and_tls_only(resources: dict[str, Any]) -> None:
+    queue_policies = _of_type(resources, "AWS::SQS::QueuePolicy").values()
+    for name, queue in _of_type(resources, "AWS::SQS::Queue").items():
+        props = queue["Properties"]
+        assert props.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in props, name
+        denies = [
+            statement
+            for policy in queue_policies
+            if {"Ref": name} in policy["Properties"]["Queues"]
+            for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+            if statement["Effect"] == "Deny"
+            and statement["Condition"]["Bool"]["aws:SecureTransport"] == "false"
+        ]
+        assert denies, f"{name} accepts messages without TLS"
+    topic_policies = _of_type(resources, "AWS::SNS::TopicPolicy").values()
+    for name, topic in _of_type(resources, "AWS::SNS::Topic").items():
+        assert topic["Properties"]["KmsMasterKeyId"] == {"Ref": "TopicKey"}, name
+        denies = [
+            statement
+            for policy in topic_policies
+            if {"Ref": name} in policy["Properties"]["Topics"]
+            for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+            if statement["Effect"] == "Deny"
+        ]
+        assert denies, f"{name} accepts publishes without TLS"
+    # CloudWatch must be able to use the key, or alarms never reach the encrypted topic.
+    key = resources["TopicKey"]["Properties"]
+    assert key["EnableKeyRotation"] is True
+    services = {
+        service
+        for statement in key["KeyPolicy"]["Statement"]
+        for service in _as_list(statement["Principal"].get("Service", []))
+    }
+    assert "cloudwatch.amazonaws.com" in services
+    for statement in key["KeyPolicy"]["Statement"]:
+        actions = _as_list(statement["Action"])
+        assert not any(a == "*" or a.endswith(":*") for a in actions), statement.get("Sid")
+        if "Service" in statement["Principal"]:
+            assert statement["Condition"] == {
+                "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+            }
+
+
+def test_scheduler_may_start_only_the_send_state_machine(resources: dict[str, Any]) -> None:
+    group = resources["SendScheduleGroup"]
+    assert group["Properties"]["Name"] == {"Fn::Sub": "${AWS::StackName}-sends"}
+    role = resources["SchedulerRole"]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    assert trust["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+    statements = [s for policy in role["Policies"] for s in policy["PolicyDocument"]["Statement"]]
+    assert {(tuple(_as_list(s["Action"])), json.dumps(s["Resource"])) for s in statements} == {
+        (("states:StartExecution",), json.dumps({"Ref": "SendNotificationStateMachine"})),
+        (("sqs:SendMessage",), json.dumps({"Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"]})),
+    }
+    # The API function manages schedules in this group only, and passes only this role.
+    api_statements = list(_inline_statements(resources["ApiFunction"]["Properties"]["Policies"]))
+    (schedules,) = [s for s in api_statements if s.get("Sid") == "ManageSendSchedules"]
+    assert set(schedules["Action"]) == {
+        "scheduler:CreateSchedule",
+        "scheduler:GetSchedule",
+        "scheduler:UpdateSchedule",
+        "scheduler:DeleteSchedule",
+    }
+    assert schedules["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:scheduler:${AWS::Region}:${AWS::AccountId}"
+        ":schedule/${SendScheduleGroup}/*"
+    }
+
+
+def test_pass_role_is_scoped_to_one_role_and_one_service(resources: dict[str, Any]) -> None:
+    passes = [
+        (owner, statement)
+        for owner, statement in _all_statements(resources)
+        if "iam:PassRole" in _as_list(statement["Action"])
+    ]
+    assert passes, "the API function passes the scheduler role"
+    for owner, statement in passes:
+        assert _as_list(statement["Action"]) == ["iam:PassRole"], owner
+        assert statement["Resource"] == {"Fn::GetAtt": ["SchedulerRole", "Arn"]}, owner
+        assert statement["Condition"] == {
+            "StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}
+        }
+
+
+def test_platform_applications_are_created_from_secrets_or_passed_in(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    created = {
+        "ApnsPlatformApplication": ("APNS", "ApnsSigningKeySecretArn", "CreateApnsApplication"),
+        "ApnsSandboxPlatformApplication": (
+            "APNS_SANDBOX",
+            "ApnsSigningKeySecretArn",
+            "CreateApnsSandboxApplication",
+        ),
+        "FcmPlatformApplication": ("GCM", "FcmServiceAccountSecretArn", "CreateFcmApplication"),
+    }
+    for name, (platform, secret_parameter, condition) in created.items():
+        resource = resources[name]
+        assert resource["Type"] == "Custom::PlatformApplication"
+        assert resource["Condition"] == condition
+        props = resource["Properties"]
+        assert props["ServiceToken"] == {"Fn::GetAtt": ["PlatformApplicationFunction", "Arn"]}
+        assert props["Platform"] == platform
+        # The secret's ARN, never its value; names derive from the stack.
+        assert props["CredentialsSecretArn"] == {"Ref": secret_parameter}
+        assert "${AWS::StackName}" in props["Name"]["Fn::Sub"]
+        # Endpoint events feed the token lifecycle.
+        assert props["EventTopicArn"] == {"Ref": "TokenEventsTopic"}
+        # It runs once SNS, Secrets Manager and S3 (for the answer) are reachable.
+        assert {"S3Endpoint", "SnsEndpoint", "SecretsManagerEndpoint"} <= _refs(
+            props["NetworkPath"]
+        )
+        # Created only when no ARN is passed in for it.
+        parameter = name + "Arn"
+        assert {"Fn::Equals": [{"Ref": parameter}, ""]} in template["Conditions"][condition][
+            "Fn::And"
+        ]
+    (statement,) = _inline_statements(
+        [p for p in resources["PlatformApplicationFunction"]["Properties"]["Policies"]][:1]
+    )
+    assert statement["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:sns:${AWS::Region}:${AWS::AccountId}"
+        ":app/*/${AWS::StackName}-*"
+    }
+
+
+def test_token_lifecycle_follows_the_endpoint_events_and_loses_none(
+    resources: dict[str, Any],
+) -> None:
+    function = resources["TokenLifecycleFunction"]["Properties"]
+    (event,) = function["Events"].values()
+    assert event["Type"] == "SNS"
+    assert event["Properties"]["Topic"] == {"Ref": "TokenEventsTopic"}
+    dead_letters = {"Fn::GetAtt": ["TokenLifecycleDeadLetterQueue", "Arn"]}
+    # SNS parks what it cannot deliver; Lambda parks what failed after its retries.
+    assert event["Properties"]["RedrivePolicy"] == {"deadLetterTargetArn": dead_letters}
+    for name in TOKEN_LIFECYCLE_FUNCTIONS:
+        on_failure = resources[name]["Properties"]["EventInvokeConfig"]["DestinationConfig"]
+        assert on_failure == {"OnFailure": {"Type": "SQS", "Destination": dead_letters}}, name
+    # Only this topic may drop its undeliverable events into the queue.
+    (policy,) = [
+        p["Properties"]
+        for p in _of_type(resources, "AWS::SQS::QueuePolicy").values()
+        if {"Ref": "TokenLifecycleDeadLetterQueue"} in p["Properties"]["Queues"]
+    ]
+    (allow,) = [s for s in policy["PolicyDocument"]["Statement"] if s["Effect"] == "Allow"]
+    assert allow["Principal"] == {"Service": "sns.amazonaws.com"}
+    assert allow["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Ref": "TokenEventsTopic"}}}
+    # The sweep runs daily with the retention the deployer chose.
+    sweep = resources["DeviceSweepFunction"]["Properties"]
+    (schedule,) = sweep["Events"].values()
+    assert schedule["Type"] == "Schedule"
+    assert schedule["Properties"]["Schedule"] == "rate(1 day)"
+    assert sweep["Environment"]["Variables"] == {
+        "DISABLED_DEVICE_RETENTION_DAYS": {"Ref": "DisabledDeviceRetentionDays"}
+    }
+
+
+def test_schema_custom_resource_runs_the_migrations_its_function_ships(
+    resources: dict[str, Any],
+) -> None:
+    schema = resources["DatabaseSchema"]
+    props = schema["Properties"]
+    assert schema["Type"] == "Custom::DatabaseSchema"
+    assert props["ServiceToken"] == {"Ref": "MigrateFunction.Alias"}
+    # A new version (new SQL, new code) is a property change: CloudFormation sends an Update.
+    assert props["FunctionVersion"] == {"Ref": "MigrateFunction.Version"}
+    assert 0 < props["ServiceTimeout"] < 3600
+    migrate = resources["MigrateFunction"]["Properties"]
+    assert migrate["AutoPublishAlias"]
+    assert migrate["AutoPublishAliasAllProperties"] is True
+    assert migrate["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
+    assert props["ServiceTimeout"] > migrate["Timeout"]
+    # The SQL in the function's folder is the repository's migrations/ (a symlink that
+    # `sam build` follows), so the package carries exactly the files tests run.
+    shipped = REPO_ROOT / migrate["CodeUri"] / "migrations"
+    assert shipped.resolve() == (REPO_ROOT / "migrations").resolve()
+    assert sorted(p.name for p in shipped.glob("*.sql")) == sorted(
+        p.name for p in (REPO_ROOT / "migrations").glob("*.sql")
+    )
+    # It runs once the network paths it needs exist (and is deleted before they go):
+    # the secret, the database's security group rule, and S3 for the answer.
+    created_network, given_network = props["NetworkPath"]["Fn::If"][1:]
+    assert props["NetworkPath"]["Fn::If"][0] == "CreateNetwork"
+    assert {"S3Endpoint", "SecretsManagerEndpoint", "FunctionToDatabaseEgress"} <= _refs(
+        created_network
+    )
+    assert {"PrivateSubnetARouteTable", "PrivateSubnetBRouteTable"} <= _refs(created_network)
+    assert "FunctionToDatabaseEgress" in _refs(given_network)
+    # Every function that uses the database starts only once the schema is there.
+    for function_name in [*ALL_FUNCTIONS, *TOKEN_LIFECYCLE_FUNCTIONS]:
+        assert resources[function_name].get("DependsOn") == "DatabaseSchema", function_name
+
+
+def test_custom_resource_functions_are_not_retried(resources: dict[str, Any]) -> None:
+    # CloudFormation invokes them asynchronously; a retry would answer twice.
+    for name, resource in _of_type(resources, "AWS::Serverless::Function").items():
+        if any(
+            r["Type"].startswith("Custom::") and f"{name}" in _refs(r["Properties"]["ServiceToken"])
+            for r in resources.values()
+        ):
+            assert resource["Properties"]["EventInvokeConfig"]["MaximumRetryAttempts"] == 0, name
+
+
+def test_no_secret_reaches_an_output(template: dict[str, Any]) -> None:
+    no_echo = {name for name, p in template["Parameters"].items() if p.get("NoEcho")}
+    for name, output in template["Outputs"].items():
+        text = json.dumps(output["Value"])
+        assert "{{resolve:" not in text, name
+        assert not (_refs(output["Value"]) & no_echo), f"{name} shows a NoEcho parameter"
+    # The database secret's output is its ARN.
+    assert template["Outputs"]["DatabaseSecretArn"]["Value"] == {"Ref": "DatabaseSecret"}
+    # Dynamic references to secrets appear only where RDS takes its master credentials.
+    holders = {
+        (name, key)
+        for name, resource in template["Resources"].items()
+        for key, value in resource.get("Properties", {}).items()
+        if "{{resolve:secretsmanager" in json.dumps(value)
+    }
+    assert holders == {("Database", "MasterUsername"), ("Database", "MasterUserPassword")}
+
+
+NAME_PROPERTIES = {
+    "LogGroupName",
+    "DBProxyName",
+    "ServerlessCacheName",
+    "DashboardName",
+    "AliasName",
+    "LayerName",
+    "UsagePlanName",
+    "UserPoolName",
+    "ClientName",
+}
+
+
+def test_resource_names_derive_from_the_stack_so_two_stacks_coexist(
+    resources: dict[str, Any],
+) -> None:
+    for name, resource in resources.items():
+        props = resource.get("Properties", {})
+        keys = NAME_PROPERTIES | (
+            {"Name"} if not resource["Type"].startswith("Custom::") else set()
+        )
+        for key in keys & set(props):
+            value = props[key]
+            # Another resource's name (a Ref) is as unique as that resource's.
+            derived = isinstance(value, dict) and (
+                "${AWS::StackName}" in json.dumps(value) or value.get("Ref") in resources
+            )
+            assert derived, f"{name}.{key} is fixed: a second stack in this account would collide"
+
+
+def test_samconfig_deploys_dev_and_prod_side_by_side() -> None:
+    import tomllib
+
+    config = tomllib.loads((REPO_ROOT / "samconfig.toml").read_text(encoding="utf-8"))
+    dev, prod = config["dev"], config["prod"]
+    assert dev["global"]["parameters"]["stack_name"] != prod["global"]["parameters"]["stack_name"]
+    assert dev["deploy"]["parameters"]["s3_prefix"] != prod["deploy"]["parameters"]["s3_prefix"]
+    assert config["default"]["global"]["parameters"]["stack_name"] == "pushflow-dev"
+    prod_overrides = prod["deploy"]["parameters"]["parameter_overrides"]
+    assert 'DatabaseMultiAz="true"' in prod_overrides
+    assert 'DatabaseDeletionProtection="true"' in prod_overrides
+    assert prod["deploy"]["parameters"]["confirm_changeset"] is True
+    # No secret value in the configuration: only ARNs may name secrets, and none is here.
+    for environment in ("default", "dev", "prod"):
+        overrides = config[environment]["deploy"]["parameters"]["parameter_overrides"]
+        for assignment in re.findall(r'(\w+)="([^"]*)"', overrides):
+            parameter, value = assignment
+            if SECRET_PARAMETER_NAME.search(parameter) and not parameter.endswith("Arn"):
+                raise AssertionError(f"{environment}: {parameter} set in samconfig.toml")
+            for pattern in SECRET_VALUE_PATTERNS:
+                assert not pattern.search(value), f"{environment}: {parameter} looks secret"
+
+
+def test_dashboard_body_is_json_and_shows_every_alarm(resources: dict[str, Any]) -> None:
+    text, variables = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    body = json.loads(SUBSTITUTION.sub("x", re.sub(r"\$\{[A-Za-z0-9]+\.[A-Za-z]+\}", "x", text)))
+    (alarm_widget,) = [w for w in body["widgets"] if w["type"] == "alarm"]
+    shown = {name.split(".")[0] for name in re.findall(r"\$\{(\w+)\.Arn\}", text)}
+    unconditional = {
+        name
+        for name, alarm in _of_type(resources, "AWS::CloudWatch::Alarm").items()
+        if "Condition" not in alarm
+    }
+    assert shown == unconditional
+    assert len(alarm_widget["properties"]["alarms"]) == len(unconditional)
+    assert set(variables) == {"Namespace", "DatabaseInstance"}
