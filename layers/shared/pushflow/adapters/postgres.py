@@ -385,26 +385,33 @@ class Repository:
         )
         if rows:
             return self.get_notification(new_id), True
+        return self.get_notification(self._keyed("notifications", idempotency_key, digest)), False
+
+    def _keyed(self, table: str, idempotency_key: str | None, digest: str) -> str:
+        """The id of the row an earlier request with this key made; a Conflict when
+        that request was a different one."""
         existing = self.run(
-            "SELECT id, request_hash FROM notifications WHERE idempotency_key = :key",
+            f"SELECT id, request_hash FROM {table} WHERE idempotency_key = :key",
             key=idempotency_key,
         )
         if not existing:  # deleted between the two statements
             raise TransientDatabaseError("idempotency record vanished; retry")
         if existing[0][1] != digest:
             raise Conflict("this Idempotency-Key was used with a different request")
-        return self.get_notification(str(existing[0][0])), False
+        return str(existing[0][0])
+
+    def _one(self, table: str, columns: str, row_id: str, what: str) -> list[Any]:
+        if not _is_uuid(row_id):
+            raise NotFound(f"{what} {row_id} not found")
+        rows = self.run(f"SELECT {columns} FROM {table} WHERE id = CAST(:id AS uuid)", id=row_id)
+        if not rows:
+            raise NotFound(f"{what} {row_id} not found")
+        return rows[0]
 
     def get_notification(self, notification_id: str) -> Notification:
-        if not _is_uuid(notification_id):
-            raise NotFound(f"notification {notification_id} not found")
-        rows = self.run(
-            f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications WHERE id = CAST(:id AS uuid)",
-            id=notification_id,
+        return _notification(
+            self._one("notifications", _NOTIFICATION_COLUMNS, notification_id, "notification")
         )
-        if not rows:
-            raise NotFound(f"notification {notification_id} not found")
-        return _notification(rows[0])
 
     def set_execution(self, notification_id: str, execution_arn: str) -> None:
         self.run(
@@ -958,26 +965,10 @@ class Repository:
         )
         if rows:
             return self.get_schedule(new_id), True
-        existing = self.run(
-            "SELECT id, request_hash FROM schedules WHERE idempotency_key = :key",
-            key=idempotency_key,
-        )
-        if not existing:
-            raise TransientDatabaseError("idempotency record vanished; retry")
-        if existing[0][1] != digest:
-            raise Conflict("this Idempotency-Key was used with a different request")
-        return self.get_schedule(str(existing[0][0])), False
+        return self.get_schedule(self._keyed("schedules", idempotency_key, digest)), False
 
     def get_schedule(self, schedule_id: str) -> Schedule:
-        if not _is_uuid(schedule_id):
-            raise NotFound(f"schedule {schedule_id} not found")
-        rows = self.run(
-            f"SELECT {_SCHEDULE_COLUMNS} FROM schedules WHERE id = CAST(:id AS uuid)",
-            id=schedule_id,
-        )
-        if not rows:
-            raise NotFound(f"schedule {schedule_id} not found")
-        return _schedule(rows[0])
+        return _schedule(self._one("schedules", _SCHEDULE_COLUMNS, schedule_id, "schedule"))
 
     def list_schedules(self, limit: int, before: str | None = None) -> list[Schedule]:
         rows = self.run(
