@@ -90,6 +90,16 @@ def recurring_name(schedule_id: str) -> str:
     return f"recur-{schedule_id}"
 
 
+def _schedule_run(scheduler: Schedules, notification_id: str, at: datetime) -> None:
+    """A one-time schedule that starts this notification's execution at `at`."""
+    scheduler.once(
+        one_time_name(notification_id),
+        at,
+        execution_name(notification_id),
+        {"notification_id": notification_id},
+    )
+
+
 def parse_instant(raw: str, field: str) -> datetime:
     try:
         moment = datetime.fromisoformat(raw)
@@ -128,12 +138,7 @@ def schedule_once(
     notification, _ = repository.add_run(
         schedule.id, "once", send_at, send, send["category"], NotificationStatus.SCHEDULED
     )
-    scheduler.once(
-        one_time_name(notification.id),
-        send_at,
-        execution_name(notification.id),
-        {"notification_id": notification.id},
-    )
+    _schedule_run(scheduler, notification.id, send_at)
     return notification, created
 
 
@@ -241,12 +246,7 @@ def _create_local_time(
         if send_at <= now:
             workflow.start(execution_name(notification.id), notification.id)
         else:
-            scheduler.once(
-                one_time_name(notification.id),
-                send_at,
-                execution_name(notification.id),
-                {"notification_id": notification.id},
-            )
+            _schedule_run(scheduler, notification.id, send_at)
     return schedule, created
 
 
