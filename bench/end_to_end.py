@@ -1,0 +1,285 @@
+"""A whole send through the local runtime, against a naive sender on the same servers.
+
+The send runs the real template and ASL in moto's Step Functions interpreter,
+every Lambda an in-process call of its handler. Its PublishBatch publishes to
+the benchmark's SNS stand-in (20 ms per answer): the runtime's
+`services.publisher` is swapped for an `SnsHttpPublisher` pointed at it, as
+services.py would build it for an SNS endpoint (moto's SNS is not involved).
+
+The time split: handler calls are timed (wall and the calling thread's CPU),
+the publisher works in the calling thread; the process's CPU that is
+neither is the orchestration: moto's interpreter, the Lambda invoke plumbing,
+the JSON of every state's payload. Local mode runs all of it in one process,
+so CPU (one core, the GIL) is what bounds a local send.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from botocore.credentials import Credentials
+
+from bench import data
+from bench.data import Audience
+from bench.harness import Bench, Row
+from bench.stages import CHECKS_SCRIPT, RECIPIENT_SQL, connect, redis_client
+from pushflow.adapters.sns_http import SnsHttpPublisher
+from pushflow.domain import sending
+from pushflow.domain.content import compile_content
+from pushflow.domain.payloads import build_sns_message
+from pushflow.validation import validate
+from pushflow_local.runtime import REGION, LocalFunction, LocalRuntime
+
+POLL_SECONDS = 0.2
+# Enough pages to keep every Map slot busy for a while.
+HANDLERS_ONLY_RECIPIENTS = 30_000
+
+
+class HandlerClock:
+    """Times every handler call of the local runtime (patches LocalFunction.invoke)."""
+
+    def __init__(self) -> None:
+        self.functions: dict[str, dict[str, float]] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[HandlerClock]:
+        original_invoke = LocalFunction.invoke
+        clock = self
+
+        def invoke(self: LocalFunction, event: Any) -> Any:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return original_invoke(self, event)
+            finally:
+                clock._count(
+                    self.spec.logical_id,
+                    time.perf_counter() - wall,
+                    time.thread_time() - cpu,
+                )
+
+        LocalFunction.invoke = invoke  # type: ignore[method-assign]
+        try:
+            yield self
+        finally:
+            LocalFunction.invoke = original_invoke  # type: ignore[method-assign]
+
+    def _count(self, function: str, wall: float, cpu: float) -> None:
+        with self._lock:
+            entry = self.functions.setdefault(function, {"calls": 0, "wall_s": 0.0, "cpu_s": 0.0})
+            entry["calls"] += 1
+            entry["wall_s"] += wall
+            entry["cpu_s"] += cpu
+
+
+def _wait(runtime: LocalRuntime, execution_arn: str, timeout: float) -> dict[str, Any]:
+    """runtime.wait, polling less often: each poll is CPU the send would not spend."""
+    sfn = runtime.client("stepfunctions")
+    deadline = time.monotonic() + timeout
+    while True:
+        execution: dict[str, Any] = sfn.describe_execution(executionArn=execution_arn)
+        if execution["status"] != "RUNNING":
+            return execution
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{execution_arn} still running after {timeout:.0f}s")
+        time.sleep(POLL_SECONDS)
+
+
+def send_through_runtime(bench: Bench, audience: Audience) -> tuple[float, dict[str, Any]]:
+    """recipients/s of one send to the whole audience, and where the time went."""
+    with (
+        tempfile.TemporaryDirectory(prefix="pushflow-bench-") as logs,
+        LocalRuntime(
+            database_url=bench.servers.database_url,
+            redis_url=bench.servers.redis_url,
+            log_path=Path(logs) / "functions.log",
+        ) as runtime,
+    ):
+        settings = runtime.services.settings
+        publisher = SnsHttpPublisher(
+            bench.sns.url,
+            region=REGION,
+            credentials=Credentials("local", "local"),
+            concurrency=settings.publish_concurrency,
+        )
+        runtime.services.publisher = publisher  # type: ignore[assignment]
+        repository = runtime.services.repository
+        published_before = bench.sns.published()
+        clock = HandlerClock()
+        try:
+            with clock.installed():
+                started, cpu = time.perf_counter(), time.process_time()
+                own_cpu = time.thread_time()
+                notification, _ = sending.submit(
+                    validate("SendRequest", data.REQUEST), repository, runtime.services.workflow
+                )
+                assert notification.execution_arn
+                execution = _wait(runtime, notification.execution_arn, timeout=3600)
+                elapsed = time.perf_counter() - started
+                process_cpu = time.process_time() - cpu
+                polling_cpu = time.thread_time() - own_cpu
+        finally:
+            publisher.close()
+        if execution["status"] != "SUCCEEDED":
+            raise RuntimeError(f"the send ended {execution['status']}: {execution.get('cause')}")
+        final = repository.get_notification(notification.id)
+        counts = repository.outcome_counts(notification.id)
+        published = bench.sns.published() - published_before
+        if sum(counts.values()) != audience.devices or counts.get("sent", 0) != published:
+            raise RuntimeError(f"the send recorded {counts}, the SNS stand-in took {published}")
+        handler_cpu = sum(entry["cpu_s"] for entry in clock.functions.values())
+        cpu_total = process_cpu - polling_cpu
+        details = {
+            "recipients": audience.devices,
+            "pages": final.page_count,
+            "outcomes": counts,
+            "elapsed_s": round(elapsed, 2),
+            "cpu_s": round(cpu_total, 2),
+            "handlers_cpu_s": round(handler_cpu, 2),
+            "orchestration_cpu_s": round(cpu_total - handler_cpu, 2),
+            "handlers_share_of_cpu": round(handler_cpu / cpu_total, 3) if cpu_total else None,
+            "handlers_wall_s_summed": round(
+                sum(entry["wall_s"] for entry in clock.functions.values()), 2
+            ),
+            "functions": {
+                name: {key: round(value, 3) for key, value in entry.items()}
+                for name, entry in sorted(clock.functions.items())
+            },
+            "map_concurrency": settings.map_concurrency,
+            "publish_concurrency": settings.publish_concurrency,
+        }
+        return audience.devices / elapsed, details
+
+
+def handlers_only(bench: Bench, recipients: int, pages_at_once: int, in_flight: int) -> float:
+    """The same four handlers per page, pages side by side, without the state machine:
+    each page's events still go through JSON between the steps, as between Lambdas.
+    What a send would do locally if the interpreter's share were gone (for instance
+    one task per page carrying only the page's key)."""
+    notification = data.new_send(bench)
+    pages = []
+    count = 0
+    for page, size in data.plan(bench, notification):
+        pages.append(page)
+        count += size
+        if count >= recipients:
+            break
+    publisher = SnsHttpPublisher(
+        bench.sns.url,
+        region=REGION,
+        credentials=Credentials("local", "local"),
+        concurrency=in_flight,
+    )
+    bench.services.publisher = publisher  # type: ignore[assignment]
+
+    def one_page(page: Any) -> int:
+        event: Any = data.resolve_event(notification.id, page)
+        reached = 0
+        for function in (
+            "ResolveRecipientsFunction",
+            "FilterRecipientsFunction",
+            "PublishBatchFunction",
+            "RecordResultsFunction",
+        ):
+            event = json.loads(json.dumps(bench.invoke(function, event)))
+            reached = len(event.get("results", ())) or reached
+        return reached
+
+    try:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(pages_at_once) as pool:
+            done = sum(pool.map(one_page, pages))
+        return done / (time.perf_counter() - started)
+    finally:
+        bench.services.publisher = bench.publisher  # type: ignore[assignment]
+        publisher.close()
+
+
+def naive_sender(bench: Bench, audience: Audience, sample: int) -> float:
+    """One Lambda looping over recipients: per recipient one query, one Redis call,
+    one boto3 publish and one insert. recipients/s over a sample."""
+    import boto3
+
+    notification = data.new_send(bench)
+    content = compile_content(notification.content)
+    conn = connect(bench)
+    client = redis_client(bench)
+    checks = client.register_script(CHECKS_SCRIPT)
+    sns = boto3.session.Session().client(
+        "sns",
+        region_name=REGION,
+        endpoint_url=bench.sns.url,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",  # noqa: S106 - the local stand-in's
+    )
+    sns.publish(TargetArn="arn:aws:sns:us-east-1:123456789012:endpoint/GCM/warm/up", Message="{}")
+    now = int(time.time() * 1000)
+    try:
+        started = time.perf_counter()
+        for device_id in range(audience.first_device_id, audience.first_device_id + sample):
+            row = conn.run(f"{RECIPIENT_SQL} WHERE d.id = :id AND d.enabled", id=device_id)[0]
+            user_id = row[1]
+            checks(
+                keys=[
+                    f"pf:{{u:{user_id}}}:prefs",
+                    f"naive:{{u:{user_id}}}:seen:{notification.id}",
+                    f"naive:{{u:{user_id}}}:cap:{notification.id}",
+                ],
+                args=[0, now, notification.id, device_id],
+            )
+            message = build_sns_message(content.render(row[5], row[7]), row[2], row[3])
+            answer = sns.publish(
+                TargetArn=row[4],
+                Message=message.message,
+                MessageStructure="json",
+                MessageAttributes=message.message_attributes,  # type: ignore[arg-type]
+            )
+            conn.run(
+                "INSERT INTO deliveries (notification_id, device_id, user_id, page, outcome,"
+                " sns_message_id) VALUES (CAST(:nid AS uuid), :device, :user, 0, 'sent', :mid)",
+                nid=notification.id,
+                device=device_id,
+                user=user_id,
+                mid=answer["MessageId"],
+            )
+        return sample / (time.perf_counter() - started)
+    finally:
+        conn.close()
+        client.close()
+
+
+def end_to_end(bench: Bench) -> None:
+    sizes = bench.sizes
+    recipients = sizes.end_to_end_recipients
+    bench.say(f"end_to_end: seeding {recipients:,} recipients, then one send through moto")
+    audience = data.seed(bench, recipients)
+    value, details = send_through_runtime(bench, audience)
+    without = min(recipients, HANDLERS_ONLY_RECIPIENTS)
+    bench.say(f"  the same handlers without the state machine, {without:,} recipients")
+    details["handlers_only_recipients"] = without
+    details["handlers_only_recipients_per_s"] = round(
+        handlers_only(bench, without, details["map_concurrency"], details["publish_concurrency"]),
+        1,
+    )
+    bench.say(f"  naive sender over {sizes.naive_sample:,} recipients")
+    naive = naive_sender(bench, audience, sizes.naive_sample)
+    bench.add(
+        Row(
+            "end_to_end",
+            value,
+            "recipients/s",
+            naive,
+            50,
+            "naive sender: per recipient one query, one Redis call, one boto3 publish, one insert",
+            target_kind="times",
+            details={**details, "stage": "end_to_end", "naive_sample": sizes.naive_sample},
+        )
+    )
