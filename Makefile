@@ -52,3 +52,21 @@ build:
 
 clean:
 	rm -rf .aws-sam .pushflow .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks: every stage of a send against this machine's limits (prints a
+# table, writes bench/results.json; ~5-10 min). bench-smoke is the CI size:
+# every figure produced, no timing asserted, under a minute.
+.PHONY: bench bench-smoke
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m bench --small --out .pushflow/bench-smoke.json
+
+# The fault suite: real sends through the local runtime while Redis, PostgreSQL,
+# SNS and the functions fail at known points, plus 20 concurrent sends; prints
+# the table, writes reliability/results.json (~2 min). The small size runs in
+# `make test` as tests/e2e/test_reliability.py. docs/reliability.md explains.
+.PHONY: reliability
+reliability: $(STAMP)
+	$(BIN)/python -m reliability

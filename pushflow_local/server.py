@@ -246,6 +246,10 @@ class _Caller:
     claims: dict[str, str] | None = None
 
 
+def _refuse_constant(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def _claim_text(name: str, value: Any) -> str:
     """Claims as API Gateway hands them on: strings, times in its date format."""
     if name in ("exp", "iat", "auth_time") and isinstance(value, int | float):
@@ -410,15 +414,26 @@ class LocalGateway:
         if not request.body and not operation.body_required:
             return
         try:
-            document = json.loads(request.body)
+            # API Gateway's parser refuses NaN/Infinity, as JSON does.
+            document = json.loads(request.body, parse_constant=_refuse_constant)
         except ValueError:
             raise GatewayRefusal(
                 "BAD_REQUEST_BODY", validation="the body is not valid JSON"
+            ) from None
+        except RecursionError:
+            # Thousands of nested arrays: a refusal, not a 5xx from the recursion limit.
+            raise GatewayRefusal(
+                "BAD_REQUEST_BODY", validation="the body is nested too deeply"
             ) from None
         try:
             validate(operation.body_schema, document)
         except InvalidRequest as error:
             raise GatewayRefusal("BAD_REQUEST_BODY", validation=error.message) from None
+        except RecursionError:
+            # Parseable yet deep enough that the (recursive) validator runs out of stack.
+            raise GatewayRefusal(
+                "BAD_REQUEST_BODY", validation="the body is nested too deeply"
+            ) from None
 
     # -- the proxy event and the function's answer -------------------------------------
 
@@ -601,7 +616,7 @@ class _Handler(BaseHTTPRequestHandler):
                 answer = gateway.gateway_response(GatewayRefusal("DEFAULT_5XX"), request.request_id)
         self._write(answer)
         gateway._say(
-            f"[api] {self.command} {self.path} {answer.status} "
+            f"[api] {self.command} {_loggable(self.path)} {answer.status} "
             f"{(time.monotonic() - started) * 1000:.0f}ms"
         )
 
@@ -654,6 +669,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one line per request is written by _serve instead
+
+
+def _loggable(text: str) -> str:
+    """The request line's path with control characters escaped: a client must not be
+    able to write terminal escape sequences (or fake lines) into the server's log."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def _reason(status: int) -> str:

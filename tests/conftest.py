@@ -7,11 +7,23 @@ that needs a clean slate asks for `clean_runtime`, which truncates the data.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# Powertools reads its settings when pushflow.observability is first imported, which
+# may be a test module's import, before the local runtime sets the template's
+# environment: give it the same service name now, and no metrics or tracing.
+for _name, _value in {
+    "POWERTOOLS_SERVICE_NAME": "pushflow",
+    "POWERTOOLS_METRICS_NAMESPACE": "Pushflow/pushflow-local",
+    "POWERTOOLS_METRICS_DISABLED": "true",
+    "POWERTOOLS_TRACE_DISABLED": "true",
+}.items():
+    os.environ.setdefault(_name, _value)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EVENTS_DIR = REPO_ROOT / "events"

@@ -9,6 +9,7 @@ same OpenAPI document API Gateway validates with.
 from __future__ import annotations
 
 import json
+import math
 from datetime import timedelta
 from typing import Any
 
@@ -37,6 +38,15 @@ class PayloadTooLarge(InvalidRequest):
     pass
 
 
+class UnsupportedMediaType(InvalidRequest):
+    pass
+
+
+# No request needs more nesting than this; deeper JSON would only reach code that
+# recurses (jsonschema, json.dumps, the payload builder) and end in a RecursionError.
+MAX_BODY_DEPTH = 32
+
+
 # -- answers ----------------------------------------------------------------------
 
 
@@ -54,6 +64,11 @@ def _error(status: int, code: str, message: str, field: str | None = None) -> Re
 @app.exception_handler(PayloadTooLarge)  # type: ignore[untyped-decorator]
 def too_large(error: PayloadTooLarge) -> Response[Any]:
     return _error(413, "payload_too_large", error.message)
+
+
+@app.exception_handler(UnsupportedMediaType)  # type: ignore[untyped-decorator]
+def unsupported_media_type(error: UnsupportedMediaType) -> Response[Any]:
+    return _error(415, "invalid_request", error.message)
 
 
 @app.exception_handler(InvalidRequest)  # type: ignore[untyped-decorator]
@@ -122,21 +137,94 @@ def _backend() -> None:
 
 
 def _body(schema: str) -> Body:
+    _require_json_content_type()
     raw = app.current_event.body or ""
-    if len(raw.encode()) > max_body_bytes():
+    if len(raw.encode("utf-8", errors="surrogatepass")) > max_body_bytes():
         raise PayloadTooLarge(f"the body is larger than {max_body_bytes()} bytes")
     try:
-        document = json.loads(raw)
+        # NaN, Infinity and numbers too large for a double are not JSON, and
+        # PostgreSQL's jsonb refuses them: a 400 here, not a 500 at the INSERT.
+        document = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
+    except RecursionError:
+        raise InvalidRequest(f"the body is nested deeper than {MAX_BODY_DEPTH} levels") from None
     except ValueError:
         raise InvalidRequest("the body is not valid JSON") from None
+    _check_shape(document)
     validated: Body = dict(validate(schema, document))
     return validated
+
+
+def _require_json_content_type() -> None:
+    """Bodies are JSON; API Gateway takes a request without Content-Type as JSON too."""
+    declared = (_header("Content-Type") or "").split(";", 1)[0].strip().lower()
+    if declared and declared != "application/json" and not declared.endswith("+json"):
+        raise UnsupportedMediaType(f"Content-Type must be application/json, not {declared!r}")
+
+
+def _not_json(constant: str) -> Any:
+    raise InvalidRequest(f"the body is not valid JSON: {constant} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidRequest(f"the body is not valid JSON: {text[:40]} is out of range")
+    return value
+
+
+def _check_shape(document: Any) -> None:
+    """Refuse nesting deeper than MAX_BODY_DEPTH and text PostgreSQL cannot store
+    (unpaired UTF-16 surrogates, e.g. a lone `\\ud800`), naming the field.
+
+    Iterative on purpose: this runs before anything recursive sees the document.
+    """
+    pending: list[tuple[Any, tuple[str, ...]]] = [(document, ())]
+    while pending:
+        node, path = pending.pop()
+        if len(path) > MAX_BODY_DEPTH:
+            raise InvalidRequest(
+                f"the body is nested deeper than {MAX_BODY_DEPTH} levels", ".".join(path[:8])
+            )
+        if isinstance(node, dict):
+            for key, value in node.items():
+                _check_text(key, ".".join(path) or "request")
+                pending.append((value, (*path, key)))
+        elif isinstance(node, list):
+            pending.extend((item, (*path, str(index))) for index, item in enumerate(node))
+        elif isinstance(node, str):
+            _check_text(node, ".".join(path) or "request")
+
+
+def _check_text(text: str, field: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(
+            f"{field} is not valid Unicode (an unpaired surrogate)", field
+        ) from None
 
 
 def _header(name: str) -> str | None:
     headers = app.current_event.headers or {}
     wanted = name.lower()
     return next((value for key, value in headers.items() if key.lower() == wanted), None)
+
+
+# The document's Idempotency-Key schema; API Gateway checks only that a header is there.
+MAX_IDEMPOTENCY_KEY_CHARS = 128
+
+
+def _idempotency_key() -> str | None:
+    """The Idempotency-Key header, refused when PostgreSQL could not index or store it."""
+    key = _header("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable():
+        raise InvalidRequest(
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable characters",
+            "Idempotency-Key",
+        )
+    return key
 
 
 def _path(name: str, matched: str) -> str:
@@ -249,7 +337,7 @@ def send_notification() -> Response[Any]:
     _backend()
     request = _body("SendRequest")
     services = _services()
-    key = _header("Idempotency-Key")
+    key = _idempotency_key()
     if "send_at" in request:
         notification, created = scheduling.schedule_once(
             request, services.repository, services.scheduler, services.clock.now(), key
@@ -303,7 +391,7 @@ def create_schedule() -> Response[Any]:
         services.workflow,
         services.clock.now(),
         timedelta(minutes=services.settings.min_recurrence_minutes),
-        _header("Idempotency-Key"),
+        _idempotency_key(),
     )
     view = scheduling.schedule_view(schedule.id, services.repository, services.clock.now())
     return _json(201 if created else 200, view)

@@ -109,6 +109,16 @@ class Audience:
     def __init__(self, spec: Mapping[str, Any]) -> None:
         self.params: dict[str, Any] = {}
         self.where = self._compile(spec)
+        # The devices a send reaches: enabled ones and, given `reachable_since` (set by
+        # the send, never by a request), those disabled since then. Another send may
+        # disable a device between this send's plan and its page: the plan, the page
+        # and a failed page's rows then still agree, and the device keeps its row.
+        since = spec.get("reachable_since")
+        self.reachable = (
+            "d.enabled"
+            if since is None
+            else f"(d.enabled OR d.disabled_at >= CAST({self._param(since)} AS timestamptz))"
+        )
 
     def _param(self, value: Any) -> str:
         name = f"a{len(self.params)}"
@@ -492,7 +502,7 @@ class Repository:
         row = self.run(
             f"SELECT coalesce(max({sizes}), 0), {lacking}"
             " FROM devices d JOIN users u ON u.id = d.user_id"
-            f" WHERE d.enabled AND {audience.where}",
+            f" WHERE {audience.reachable} AND {audience.where}",
             **audience.params,
             **key_params,
         )[0]
@@ -503,7 +513,7 @@ class Repository:
         audience = Audience(audience_spec)
         rows = self.run(
             "SELECT DISTINCT u.time_zone FROM devices d JOIN users u ON u.id = d.user_id"
-            f" WHERE d.enabled AND {audience.where} ORDER BY 1",
+            f" WHERE {audience.reachable} AND {audience.where} ORDER BY 1",
             **audience.params,
         )
         return [row[0] for row in rows]
@@ -520,7 +530,7 @@ class Repository:
             "SELECT rn / :size AS page, min(id), max(id), count(*) FROM ("
             "  SELECT d.id, row_number() OVER (ORDER BY d.id) - 1 AS rn"
             "  FROM devices d JOIN users u ON u.id = d.user_id"
-            f" WHERE d.enabled AND {audience.where}) numbered"
+            f" WHERE {audience.reachable} AND {audience.where}) numbered"
             " GROUP BY 1 ORDER BY 1",
             size=page_size,
             **audience.params,
@@ -543,7 +553,7 @@ class Repository:
             rows = self.run(
                 f"SELECT {_RECIPIENT_COLUMNS}, {attributes}"
                 " FROM devices d JOIN users u ON u.id = d.user_id"
-                " WHERE d.id BETWEEN :first AND :last AND d.enabled"
+                f" WHERE d.id BETWEEN :first AND :last AND {audience.reachable}"
                 f" AND {audience.where} ORDER BY d.id",
                 first=page.first_device_id,
                 last=page.last_device_id,
@@ -717,7 +727,7 @@ class Repository:
                 "INSERT INTO deliveries (notification_id, device_id, user_id, page, outcome,"
                 " error) SELECT CAST(:nid AS uuid), d.id, d.user_id, :page, 'failed', :error"
                 " FROM devices d JOIN users u ON u.id = d.user_id"
-                " WHERE d.id BETWEEN :first AND :last AND d.enabled"
+                f" WHERE d.id BETWEEN :first AND :last AND {audience.reachable}"
                 f" AND {audience.where}"
                 " ON CONFLICT (notification_id, device_id) DO NOTHING",
                 nid=notification_id,

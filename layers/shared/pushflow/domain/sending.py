@@ -13,7 +13,7 @@ from typing import Any
 
 from pushflow.domain.categories import category as lookup_category
 from pushflow.domain.content import ContentError, compile_content, placeholders, validate_content
-from pushflow.domain.errors import ThrottledError, UnfillablePlaceholder
+from pushflow.domain.errors import ThrottledError, TransientStoreError, UnfillablePlaceholder
 from pushflow.domain.models import (
     DeliveryResult,
     Notification,
@@ -43,6 +43,16 @@ _DISABLED_PREFIX = "disabled:"
 def execution_name(notification_id: str) -> str:
     """One execution per notification: starting it twice is a no-op (names are unique)."""
     return f"send-{notification_id}"
+
+
+def send_audience(notification: Notification) -> dict[str, Any]:
+    """The audience as this send reaches it: with the devices disabled since the send
+    was created, so that one another send disables between this send's plan and its
+    page still ends with a row (endpoint_disabled), not without one."""
+    audience = dict(notification.audience)
+    if notification.created_at is not None:
+        audience["reachable_since"] = notification.created_at
+    return audience
 
 
 # -- API: accepting a send ----------------------------------------------------
@@ -109,7 +119,7 @@ def prepare(
     if notification.status is NotificationStatus.CANCELLED:
         return summary
     page_size = page_size_for(configured_page_size, *_attribute_load(repository, notification))
-    pages = repository.plan_pages(notification.audience, page_size)
+    pages = repository.plan_pages(send_audience(notification), page_size)
     recipient_count = sum(count for _, count in pages)
     if pages:
         run = execution_arn.rsplit(":", 1)[-1] or "manual"
@@ -128,7 +138,7 @@ def _attribute_load(
     anything is sent: the send fails with the placeholder and how many lack it.
     """
     keys = sorted(placeholders(notification.content))
-    stats = repository.attribute_stats(notification.audience, keys)
+    stats = repository.attribute_stats(send_audience(notification), keys)
     if stats.missing:
         missing = ", ".join(f"{{{key}}} for {count}" for key, count in stats.missing.items())
         raise UnfillablePlaceholder(
@@ -195,7 +205,7 @@ def resolve(event: Mapping[str, Any], repository: NotificationRepository) -> dic
     notification = repository.get_notification(event["notification_id"])
     page = PageRef.from_event(event)
     keys = sorted(placeholders(notification.content))
-    recipients = repository.resolve_page(notification.audience, page, keys, notification.id)
+    recipients = repository.resolve_page(send_audience(notification), page, keys, notification.id)
     return page_event(notification.id, page, recipients=[r.to_dict() for r in recipients])
 
 
@@ -291,10 +301,10 @@ def publish(
 ) -> dict[str, Any]:
     """Publish a page once per device, whatever retries happen.
 
-    Each device is claimed in Redis before its push and settled after. On
-    throttling or an SNS 5xx, what went out is recorded in PostgreSQL and
-    ThrottledError is raised: the ASL retries the page, and the retry pushes
-    only the devices that were released.
+    Each device is claimed in Redis before its push and settled after, and the
+    page's rows are written to PostgreSQL before the function answers. On
+    throttling or an SNS 5xx, ThrottledError is raised after that: the ASL
+    retries the page, and the retry pushes only the devices that were released.
     """
     notification = repository.get_notification(event["notification_id"])
     page = PageRef.from_event(event)
@@ -366,11 +376,22 @@ def publish(
             )
         else:
             released.append(outcome.device_id)
-    markers.settle(notification.id, page.key(), settled, released)
-
-    if released:
-        # Make what went out durable before asking for the retry.
+    try:
+        markers.settle(notification.id, page.key(), settled, released)
+    except TransientStoreError:
+        # Redis went away after SNS took the pushes: without these rows the retry
+        # would find the markers still pending and record "outcome unknown" for
+        # pushes that did go out. Record what is known, then retry the page.
         repository.record_deliveries(notification.id, page.number, results)
+        raise
+
+    if recipients:
+        # Durable before answering, and before asking for a retry: a function that
+        # times out or dies from here on is reported as `Lambda.Unknown`, which is
+        # caught, not retried, and RecordPageFailure writes `failed` only for devices
+        # without a row. RecordResults writes the same rows again and adds nothing.
+        repository.record_deliveries(notification.id, page.number, results)
+    if released:
         raise ThrottledError(
             f"{len(released)} of {len(recipients)} pushes throttled or failed transiently;"
             f" {len(settled)} settled and recorded, the rest is retried"
@@ -409,7 +430,7 @@ def record_page_failure(
     notification = repository.get_notification(event["notification_id"])
     page = PageRef.from_event(event)
     failed = repository.record_page_failure(
-        notification.id, notification.audience, page, describe_error(event.get("error"))
+        notification.id, send_audience(notification), page, describe_error(event.get("error"))
     )
     return page_event(notification.id, page, failed=failed)
 

@@ -1,0 +1,544 @@
+"""Faults injected into a running send, each at a known point of the real code path.
+
+Every fault is a context manager that patches one instance the local runtime
+uses (never a class, so nothing leaks past the `with`) and counts how often it
+fired in `injected`. Where the fault is a driver failure it is the driver's own
+error (redis-py's ConnectionError, a PostgreSQL backend really terminated,
+botocore's ClientError), so the adapters' error mapping is exercised too.
+
+Which Lambda function (and which page) a thread is running is known from
+`track_functions`, which wraps each local function's `invoke`: a fault can be
+limited to "during ResolveRecipients", "page 1 only", and so on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from botocore.exceptions import ClientError
+
+from pushflow.adapters.postgres import ConnectionParams
+from pushflow.domain.models import PageRef
+from pushflow.domain.publishing import PublishOutcome, PublishStatus, PushMessage
+from pushflow_local.runtime import LocalRuntime
+
+# -- which function and page this thread is running -------------------------------------
+
+
+@dataclass(frozen=True)
+class Invocation:
+    function: str  # the template's logical id, e.g. "PublishBatchFunction"
+    page: int | None  # the page number of a Map iteration's event
+
+
+_current = threading.local()
+
+
+def current_invocation() -> Invocation | None:
+    invocation: Invocation | None = getattr(_current, "invocation", None)
+    return invocation
+
+
+def _page_of(event: Any) -> int | None:
+    """The page a Map iteration's task works on (resolved, or still its plan's S3 key)."""
+    if not isinstance(event, Mapping) or not ("page" in event or "page_key" in event):
+        return None
+    try:
+        return int(PageRef.from_event(event).number)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def _running(function: str, event: Any) -> Iterator[None]:
+    previous = current_invocation()
+    _current.invocation = Invocation(function, _page_of(event))
+    try:
+        yield
+    finally:
+        _current.invocation = previous
+
+
+@contextlib.contextmanager
+def patched(target: Any, name: str, value: Any) -> Iterator[None]:
+    """Set an attribute on one instance; restore exactly what was there afterwards."""
+    own = vars(target)
+    had, previous = name in own, own.get(name)
+    setattr(target, name, value)
+    try:
+        yield
+    finally:
+        if had:
+            setattr(target, name, previous)
+        else:
+            delattr(target, name)
+
+
+@contextlib.contextmanager
+def track_functions(runtime: LocalRuntime) -> Iterator[None]:
+    """Record, per thread, which function and page the local runtime is running."""
+    with contextlib.ExitStack() as stack:
+        for logical_id, function in runtime.functions.items():
+            original = function.invoke
+
+            def invoke(event: Any, _original: Any = original, _id: str = logical_id) -> Any:
+                with _running(_id, event):
+                    return _original(event)
+
+            stack.enter_context(patched(function, "invoke", invoke))
+        yield
+
+
+# -- when a fault fires ------------------------------------------------------------------
+
+
+class Trigger:
+    """Decides, thread-safely, whether this opportunity fires the fault.
+
+    `functions`: only while one of these functions runs; `pages`: only on these
+    pages; `skip`: let this many matching opportunities pass first; `limit`:
+    fire at most this many times (None: always); `once_per_page`: at most once
+    per page (its retry then succeeds); `seconds`: once fired, keep firing for
+    this long (an outage measured in time rather than in calls).
+    """
+
+    def __init__(
+        self,
+        functions: Sequence[str] = (),
+        pages: Sequence[int] | None = None,
+        skip: int = 0,
+        limit: int | None = None,
+        once_per_page: bool = False,
+        seconds: float | None = None,
+    ) -> None:
+        self.functions = frozenset(functions)
+        self.pages = None if pages is None else frozenset(pages)
+        self.skip = skip
+        self.limit = limit
+        self.once_per_page = once_per_page
+        self.seconds = seconds
+        self.fired = 0
+        self._seen = 0
+        self.pages_fired: set[int | None] = set()
+        self._since: float | None = None
+        self._lock = threading.Lock()
+
+    def fire(self) -> bool:
+        invocation = current_invocation()
+        if self.functions and (invocation is None or invocation.function not in self.functions):
+            return False
+        page = invocation.page if invocation else None
+        if self.pages is not None and page not in self.pages:
+            return False
+        with self._lock:
+            if self.seconds is not None and self._since is not None:
+                if time.monotonic() - self._since > self.seconds:
+                    return False
+                self.fired += 1
+                return True
+            self._seen += 1
+            if self._seen <= self.skip:
+                return False
+            if self.limit is not None and self.fired >= self.limit:
+                return False
+            if self.once_per_page and page in self.pages_fired:
+                return False
+            self.pages_fired.add(page)
+            self.fired += 1
+            if self.seconds is not None:
+                self._since = time.monotonic()
+            return True
+
+
+class Fault:
+    """A named fault with a trigger; `injected` says how often it actually fired."""
+
+    name = "fault"
+
+    def __init__(self, trigger: Trigger) -> None:
+        self.trigger = trigger
+
+    @property
+    def injected(self) -> int:
+        return self.trigger.fired
+
+    def install(self, runtime: LocalRuntime, stack: contextlib.ExitStack) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def active(self, runtime: LocalRuntime) -> Iterator[Fault]:
+        with contextlib.ExitStack() as stack:
+            self.install(runtime, stack)
+            yield self
+
+
+def error_named(name: str, base: type[Exception] = Exception) -> type[Exception]:
+    """An exception class with any name: the local runtime reports errors to the ASL by
+    class name, so `Lambda.Unknown` (a timeout or crash of the function) can be posed."""
+    return type(name, (base,), {})
+
+
+# -- Redis -------------------------------------------------------------------------------
+
+
+class RedisUnavailable(Fault):
+    """Redis refuses connections: every command, pipeline and script fails to get one.
+
+    redis-py takes a connection from its pool before its own retry loop, so this
+    is what a client sees when the server is gone (connection refused at once).
+    `during` names methods of the publish-marker store (`claim`, `settle`): the
+    outage then hits only while one of them runs, a point in the send's timeline.
+    """
+
+    def __init__(self, trigger: Trigger, during: Sequence[str] = ()) -> None:
+        super().__init__(trigger)
+        self.during = tuple(during)
+        self.name = "redis unavailable" + (f" (during {', '.join(self.during)})" if during else "")
+
+    def install(self, runtime: LocalRuntime, stack: contextlib.ExitStack) -> None:
+        store = runtime.services.store
+        pool = store.client.connection_pool
+        original = pool.get_connection
+        inside = threading.local()
+        for method in self.during:
+            stack.enter_context(patched(store, method, _marking(getattr(store, method), inside)))
+
+        def get_connection(*args: Any, **kwargs: Any) -> Any:
+            if (not self.during or getattr(inside, "active", False)) and self.trigger.fire():
+                raise redis.exceptions.ConnectionError(
+                    "Error 111 connecting to redis: Connection refused."
+                )
+            return original(*args, **kwargs)
+
+        stack.enter_context(patched(pool, "get_connection", get_connection))
+
+
+def _marking(method: Callable[..., Any], flag: threading.local) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        flag.active = True
+        try:
+            return method(*args, **kwargs)
+        finally:
+            flag.active = False
+
+    return call
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+
+
+class BackendKiller:
+    """Terminates PostgreSQL backends from a connection of its own (pg_terminate_backend)."""
+
+    def __init__(self, database_url: str) -> None:
+        self._params = ConnectionParams.from_url(database_url)
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def terminate(self, pid: int) -> None:
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._params.connect()
+            # Wait (up to 5 s) until the backend is really gone: the victim's next
+            # statement then meets a dead connection, not a race.
+            self._conn.run("SELECT pg_terminate_backend(:pid, 5000)", pid=pid)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                self._conn = None
+
+
+def _backend_pid(conn: Any) -> int:
+    return int(conn.run("SELECT pg_backend_pid()")[0][0])
+
+
+class PostgresConnectionDropped(Fault):
+    """The server terminates the connection a function is using.
+
+    `at="checkout"`: right after the pool hands the connection out, so the
+    function's next statement fails (a failover or an idle-connection reaper);
+    `at="commit"`: inside a transaction whose statements all ran, just before
+    COMMIT, so the whole transaction is rolled back by the server.
+    """
+
+    def __init__(self, trigger: Trigger, at: str = "checkout") -> None:
+        super().__init__(trigger)
+        if at not in ("checkout", "commit"):
+            raise ValueError("at must be 'checkout' or 'commit'")
+        self.at = at
+        self.name = f"postgres connection dropped ({at})"
+
+    def install(self, runtime: LocalRuntime, stack: contextlib.ExitStack) -> None:
+        assert runtime.servers is not None
+        killer = BackendKiller(runtime.servers.database_url)
+        stack.callback(killer.close)
+        repository = runtime.services.repository
+        if self.at == "checkout":
+            # The pool's lowest level: every statement and transaction checks out here.
+            original_session = repository._session
+
+            @contextlib.contextmanager
+            def session() -> Iterator[Any]:
+                with original_session() as conn:
+                    if self.trigger.fire():
+                        killer.terminate(_backend_pid(conn))
+                    yield conn
+
+            stack.enter_context(patched(repository, "_session", session))
+        else:
+            original_transaction = repository.transaction
+
+            @contextlib.contextmanager
+            def transaction() -> Iterator[Any]:
+                with original_transaction() as conn:
+                    yield conn
+                    if self.trigger.fire():
+                        killer.terminate(_backend_pid(conn))
+
+            stack.enter_context(patched(repository, "transaction", transaction))
+
+
+# -- SNS -------------------------------------------------------------------------------------
+
+THROTTLING = ("Throttling", 400, "Rate exceeded")
+INTERNAL_ERROR = ("InternalError", 500, "Internal Error")
+SERVICE_UNAVAILABLE = ("ServiceUnavailable", 503, "Service Unavailable")
+
+
+class SnsBursts(Fault):
+    """SNS answers bursts of Publish calls with throttling and 5xx errors.
+
+    Calls are numbered as they arrive; call n fails when it falls in one of
+    `bursts` windows of `burst_length` calls, one window every `every` calls,
+    the windows cycling through `errors`. The boto3 client's `publish` raises
+    the ClientError botocore would, so the publisher's classification runs.
+    """
+
+    name = "sns throttling and 5xx bursts"
+
+    def __init__(
+        self,
+        bursts: int,
+        burst_length: int,
+        every: int,
+        errors: Sequence[tuple[str, int, str]] = (THROTTLING, INTERNAL_ERROR, SERVICE_UNAVAILABLE),
+    ) -> None:
+        super().__init__(Trigger())
+        self.bursts = bursts
+        self.burst_length = burst_length
+        self.every = every
+        self.errors = list(errors)
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def _error_for_next_call(self) -> tuple[str, int, str] | None:
+        with self._lock:
+            n = self.calls
+            self.calls += 1
+            window, position = divmod(n, self.every)
+            if window >= self.bursts or position >= self.burst_length:
+                return None
+            self.trigger.fired += 1
+            return self.errors[window % len(self.errors)]
+
+    def install(self, runtime: LocalRuntime, stack: contextlib.ExitStack) -> None:
+        publisher: Any = runtime.services.publisher
+        client = getattr(publisher, "_client", None)
+        if client is not None and hasattr(client, "publish"):
+            original = client.publish
+
+            def publish(**kwargs: Any) -> Any:
+                error = self._error_for_next_call()
+                if error is not None:
+                    code, status, message = error
+                    response: Any = {
+                        "Error": {"Code": code, "Message": message, "Type": "Sender"},
+                        "ResponseMetadata": {"HTTPStatusCode": status},
+                    }
+                    raise ClientError(response, "Publish")
+                return original(**kwargs)
+
+            stack.enter_context(patched(client, "publish", publish))
+            return
+        # Another Publisher (no boto3 client to wrap): answer at the outcome level.
+        original_publish = publisher.publish
+
+        def publish_page(pushes: Sequence[PushMessage]) -> list[PublishOutcome]:
+            through: list[PushMessage] = []
+            refused: dict[int, PublishOutcome] = {}
+            for push in pushes:
+                error = self._error_for_next_call()
+                if error is None:
+                    through.append(push)
+                    continue
+                status = PublishStatus.THROTTLED if error[1] == 400 else PublishStatus.RETRYABLE
+                refused[push.device_id] = PublishOutcome(push.device_id, status, error=error[0])
+            sent = {outcome.device_id: outcome for outcome in original_publish(through)}
+            return [refused.get(p.device_id) or sent[p.device_id] for p in pushes]
+
+        stack.enter_context(patched(publisher, "publish", publish_page))
+
+
+# -- crashes -------------------------------------------------------------------------------------
+
+
+class CrashAfterReturn(Fault):
+    """A function does its work, then dies before Step Functions gets its answer.
+
+    The error reaches the ASL under `error` as its name: `Lambda.ServiceException`
+    is retried by every task; `Lambda.Unknown` (how a function timeout or crash is
+    reported) is not, and goes to the Catch.
+    """
+
+    def __init__(self, trigger: Trigger, function: str, error: str) -> None:
+        super().__init__(trigger)
+        self.function = function
+        self.error = error
+        self.name = f"{function} dies after its work ({error})"
+
+    def install(self, runtime: LocalRuntime, stack: contextlib.ExitStack) -> None:
+        function = runtime.functions[self.function]
+        original = function.invoke
+        crash = error_named(self.error)
+
+        def invoke(event: Any) -> Any:
+            result = original(event)
+            with _running(self.function, event):
+                crashed = self.trigger.fire()
+            if crashed:
+                raise crash("the function stopped after its work, before answering")
+            return result
+
+        stack.enter_context(patched(function, "invoke", invoke))
+
+
+class Slow(Fault):
+    """A function takes `seconds` longer before it starts its work (a cold start, a
+    slow dependency): it widens the windows between the states of a send."""
+
+    def __init__(self, trigger: Trigger, function: str, seconds: float) -> None:
+        super().__init__(trigger)
+        self.function = function
+        self.seconds = seconds
+        self.name = f"{function} slowed by {seconds:g}s"
+
+    def install(self, runtime: LocalRuntime, stack: contextlib.ExitStack) -> None:
+        function = runtime.functions[self.function]
+        original = function.invoke
+
+        def invoke(event: Any) -> Any:
+            with _running(self.function, event):
+                slow = self.trigger.fire()
+            if slow:
+                time.sleep(self.seconds)
+            return original(event)
+
+        stack.enter_context(patched(function, "invoke", invoke))
+
+
+class Hold(Fault):
+    """Hold a function's invocations for which `when(event)` is true until `release`
+    is set (at most `timeout` seconds): puts two sends' states in a chosen order."""
+
+    def __init__(
+        self,
+        function: str,
+        when: Callable[[Mapping[str, Any]], bool],
+        release: threading.Event,
+        timeout: float = 60.0,
+    ) -> None:
+        super().__init__(Trigger())
+        self.function = function
+        self.when = when
+        self.release = release
+        self.timeout = timeout
+        self.name = f"{function} held"
+
+    def install(self, runtime: LocalRuntime, stack: contextlib.ExitStack) -> None:
+        function = runtime.functions[self.function]
+        original = function.invoke
+
+        def invoke(event: Any) -> Any:
+            if isinstance(event, Mapping) and self.when(event):
+                with self.trigger._lock:
+                    self.trigger.fired += 1
+                self.release.wait(self.timeout)
+            return original(event)
+
+        stack.enter_context(patched(function, "invoke", invoke))
+
+
+class CrashWhilePublishing(Fault):
+    """PublishBatch dies after SNS accepted the page's pushes, before it settled them."""
+
+    def __init__(self, trigger: Trigger, error: str) -> None:
+        super().__init__(trigger)
+        self.error = error
+        self.name = f"PublishBatch dies mid-publish ({error})"
+
+    def install(self, runtime: LocalRuntime, stack: contextlib.ExitStack) -> None:
+        publisher: Any = runtime.services.publisher
+        original = publisher.publish
+        crash = error_named(self.error)
+
+        def publish(pushes: Sequence[PushMessage]) -> list[PublishOutcome]:
+            outcomes: list[PublishOutcome] = original(pushes)
+            if pushes and self.trigger.fire():
+                raise crash("the function stopped while publishing")
+            return outcomes
+
+        stack.enter_context(patched(publisher, "publish", publish))
+
+
+# -- the runtime's knobs ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def retry_sleep_scale(scale: float) -> Iterator[None]:
+    """Scale the ASL's Retry intervals for a while (the runtime scales moto's sleeps)."""
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    sleeper = vars(retrier_decl)["time"]
+    if not hasattr(sleeper, "scale"):
+        raise RuntimeError("the local runtime is not running (moto's retry sleep is unscaled)")
+    previous = sleeper.scale
+    sleeper.scale = scale
+    try:
+        yield
+    finally:
+        sleeper.scale = previous
+
+
+@contextlib.contextmanager
+def settings_changed(runtime: LocalRuntime, **changes: Any) -> Iterator[None]:
+    """Change the functions' settings for a while (page size, Map concurrency)."""
+    import dataclasses
+
+    services = runtime.services
+    with patched(services, "settings", dataclasses.replace(services.settings, **changes)):
+        yield
+
+
+def all_active(runtime: LocalRuntime, faults: Sequence[Fault]) -> contextlib.ExitStack:
+    """Enter every fault (and function tracking); close the returned stack to end them."""
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(track_functions(runtime))
+        for fault in faults:
+            stack.enter_context(fault.active(runtime))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
+Injector = Callable[[LocalRuntime], Sequence[Fault]]
