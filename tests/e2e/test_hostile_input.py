@@ -414,13 +414,6 @@ def test_unicode_and_control_characters_in_identifiers_are_refused(
         refused(runtime, attempt, case=f"{case} in {field}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: openapi.yaml records x-pushflow-key-pattern for content.data,"
-    " content.localizations and audience.where.attributes keys 'for the code to enforce',"
-    " and nothing enforces it yet (validation.validate is the place); harmless to the"
-    " database (keys are bound parameters), but FCM/APNs see data keys as given",
-)
 def test_object_keys_are_held_to_their_documented_key_patterns(client: Client) -> None:
     runtime = client.server.runtime
     for odd in ("key\x1b[31m", "key with spaces", "'; DROP TABLE users; --"):

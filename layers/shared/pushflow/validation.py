@@ -11,7 +11,7 @@ with a discriminator (the audience's `type`), the error of the chosen branch.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from jsonschema import Draft4Validator
 from jsonschema.exceptions import ValidationError, best_match
+from jsonschema.validators import extend
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
@@ -49,13 +50,31 @@ def _registry() -> Registry[Any]:
     return registry
 
 
+def _key_pattern(
+    validator: Any, pattern: str, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    """`x-pushflow-key-pattern`: what draft 4 cannot say (propertyNames), the keys' form."""
+    if not isinstance(instance, dict):
+        return
+    for key in instance:
+        if not re.search(pattern, key):
+            yield ValidationError(
+                f"{key!r} is not an allowed name (must match {pattern})", path=[key]
+            )
+
+
+# Draft 4 (what API Gateway validates with) plus the key patterns the document
+# records for the code to enforce.
+_Validator = extend(Draft4Validator, {"x-pushflow-key-pattern": _key_pattern})
+
+
 @cache
-def validator(name: str) -> Draft4Validator:
+def validator(name: str) -> Any:
     """A validator for the component schema `name` (refs resolve within the document)."""
     if name not in openapi()["components"]["schemas"]:
         raise KeyError(f"no schema {name!r} in openapi.yaml")
     schema = {"$ref": f"{_DOCUMENT_URI}#/components/schemas/{name}"}
-    return Draft4Validator(schema, registry=_registry())
+    return _Validator(schema, registry=_registry())
 
 
 @cache
