@@ -17,6 +17,7 @@ from bench.harness import Bench
 from pushflow.domain.content import placeholders
 from pushflow.domain.models import Notification, NotificationStatus, Outcome, PageRef
 from pushflow.domain.paging import page_size_for
+from pushflow_local.demo import DEMO_REQUEST
 
 LOCALES = ("en", "en-GB", "de", "de-AT", "fr", "es", "pt-BR", "ja")
 TIME_ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo", "Australia/Sydney")
@@ -25,24 +26,7 @@ COPY_CHUNK_ROWS = 20_000
 ACCOUNT_ARN = "arn:aws:sns:us-east-1:123456789012"
 
 # The demo's send: a placeholder, so pages carry an attribute and are sized for it.
-REQUEST: dict[str, Any] = {
-    "category": "news",
-    "audience": {"type": "all"},
-    "content": {
-        "title": "Hi {first_name}, your digest is ready",
-        "body": "Five stories picked for you this week.",
-        "localizations": {
-            "de": {
-                "title": "Hallo {first_name}, deine Übersicht ist da",
-                "body": "Fünf Geschichten, für dich ausgewählt.",
-            },
-            "fr": {"title": "Bonjour {first_name}, votre sélection est prête"},
-        },
-        "data": {"deep_link": "app://digest"},
-        "badge": 1,
-        "sound": "default",
-    },
-}
+REQUEST: dict[str, Any] = DEMO_REQUEST
 
 
 @dataclass(frozen=True)

@@ -80,19 +80,6 @@ class HandlerClock:
             entry["cpu_s"] += cpu
 
 
-def _wait(runtime: LocalRuntime, execution_arn: str, timeout: float) -> dict[str, Any]:
-    """runtime.wait, polling less often: each poll is CPU the send would not spend."""
-    sfn = runtime.client("stepfunctions")
-    deadline = time.monotonic() + timeout
-    while True:
-        execution: dict[str, Any] = sfn.describe_execution(executionArn=execution_arn)
-        if execution["status"] != "RUNNING":
-            return execution
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{execution_arn} still running after {timeout:.0f}s")
-        time.sleep(POLL_SECONDS)
-
-
 def send_through_runtime(bench: Bench, audience: Audience) -> tuple[float, dict[str, Any]]:
     """recipients/s of one send to the whole audience, and where the time went."""
     with (
@@ -122,7 +109,10 @@ def send_through_runtime(bench: Bench, audience: Audience) -> tuple[float, dict[
                     validate("SendRequest", data.REQUEST), repository, runtime.services.workflow
                 )
                 assert notification.execution_arn
-                execution = _wait(runtime, notification.execution_arn, timeout=3600)
+                # Polling less often: each poll is CPU the send would not spend.
+                execution = runtime.wait(
+                    notification.execution_arn, timeout=3600, poll=POLL_SECONDS
+                )
                 elapsed = time.perf_counter() - started
                 process_cpu = time.process_time() - cpu
                 polling_cpu = time.thread_time() - own_cpu

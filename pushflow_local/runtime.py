@@ -458,7 +458,9 @@ class LocalRuntime:
         )
         return str(response["executionArn"])
 
-    def wait(self, execution_arn: str, timeout: float = 600.0) -> dict[str, Any]:
+    def wait(
+        self, execution_arn: str, timeout: float = 600.0, poll: float = 0.05
+    ) -> dict[str, Any]:
         sfn = self.client("stepfunctions")
         deadline = time.monotonic() + timeout
         while True:
@@ -467,7 +469,7 @@ class LocalRuntime:
                 return execution
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{execution_arn} still running after {timeout:.0f}s")
-            time.sleep(0.05)
+            time.sleep(poll)
 
     def history(self, execution_arn: str) -> list[dict[str, Any]]:
         sfn = self.client("stepfunctions")

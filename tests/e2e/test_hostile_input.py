@@ -25,7 +25,6 @@ from urllib.parse import quote
 
 import pytest
 
-from pushflow_local.auth import LocalCredentials, load_credentials
 from pushflow_local.runtime import LocalRuntime
 from pushflow_local.seed import SeedUser, seed_users
 from pushflow_local.server import LocalApiServer
@@ -47,26 +46,6 @@ SQL_METACHARACTERS = ("'; DROP TABLE users; --", "%", "_", "\\")
 
 
 # -- fixtures and helpers ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def credentials(tmp_path_factory: pytest.TempPathFactory) -> LocalCredentials:
-    return load_credentials(tmp_path_factory.mktemp("auth") / "local-auth.json")
-
-
-@pytest.fixture(scope="module")
-def server_log() -> io.StringIO:
-    return io.StringIO()
-
-
-@pytest.fixture(scope="module")
-def api(
-    runtime: LocalRuntime, credentials: LocalCredentials, server_log: io.StringIO
-) -> Iterator[LocalApiServer]:
-    with LocalApiServer(
-        runtime, port=0, credentials=credentials, log=server_log, log_executions=False
-    ) as server:
-        yield server
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ import base64
 import io
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import pytest
 from pushflow.adapters.postgres import ConnectionParams
 from pushflow.adapters.recipient_filter import preferences_key
 from pushflow.validation import openapi
-from pushflow_local.auth import CLIENT_ID, ISSUER, LocalCredentials, load_credentials
+from pushflow_local.auth import CLIENT_ID, ISSUER, LocalCredentials
 from pushflow_local.runtime import LocalRuntime
 from pushflow_local.server import LocalApiServer
 from reliability.faults import (
@@ -39,24 +38,6 @@ from tests.e2e.test_api import Client, assert_error, new_token, new_user, outcom
 from tests.e2e.test_hostile_input import fingerprint, function_log
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def credentials(tmp_path_factory: pytest.TempPathFactory) -> LocalCredentials:
-    return load_credentials(tmp_path_factory.mktemp("auth") / "local-auth.json")
-
-
-@pytest.fixture(scope="module")
-def server_log() -> io.StringIO:
-    return io.StringIO()
-
-
-@pytest.fixture(scope="module")
-def api(
-    runtime: LocalRuntime, credentials: LocalCredentials, server_log: io.StringIO
-) -> Iterator[LocalApiServer]:
-    with LocalApiServer(runtime, port=0, credentials=credentials, log=server_log) as server:
-        yield server
 
 
 @pytest.fixture
