@@ -33,7 +33,7 @@ def new_id() -> str:
 def seed(runtime: Any, *users: SeedUser) -> dict[str, list[Recipient]]:
     """Users with their devices; each user's recipients as ResolveRecipients returns them."""
     seed_users(runtime, list(users))
-    recipients = runtime.services.repository.resolve_page(
+    resolved = runtime.services.repository.resolve_page(
         {"type": "users", "external_ids": [u.external_id for u in users]},
         PageRef(0, 0, 2**62),
         [],
@@ -41,7 +41,7 @@ def seed(runtime: Any, *users: SeedUser) -> dict[str, list[Recipient]]:
     by_user: dict[str, list[Recipient]] = {u.external_id: [] for u in users}
     ids = user_ids(runtime, [u.external_id for u in users])
     external = {v: k for k, v in ids.items()}
-    for recipient in recipients:
+    for recipient in map(Recipient.from_dict, resolved):
         by_user[external[recipient.user_id]].append(recipient)
     return by_user
 

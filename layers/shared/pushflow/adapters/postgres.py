@@ -14,6 +14,7 @@ import json
 import math
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,7 +34,6 @@ from pushflow.domain.models import (
     NotificationStatus,
     Outcome,
     PageRef,
-    Recipient,
     Schedule,
     ScheduleKind,
     User,
@@ -44,6 +44,13 @@ from pushflow.domain.rules import DEFAULT_PREFERENCES, Preferences
 # SQLSTATE classes worth a retry: connection exceptions, operator intervention
 # (shutdown, admin terminate), insufficient resources, serialization/deadlock.
 _TRANSIENT_SQLSTATE_PREFIXES = ("08", "57", "53", "40")
+# A prepared statement a migration made stale ("cached plan must not change result
+# type", 0A000) or the server forgot (26000): the connection, and with it its
+# statements, is dropped and the retry prepares them again.
+_UNIQUE_VIOLATION = "23505"
+_STALE_STATEMENT = {"0A000": "cached plan", "26000": "prepared statement"}
+# Prepared statements kept per connection (least recently used go first).
+_MAX_STATEMENTS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +96,57 @@ class ConnectionParams:
         )
 
 
+class Connection:
+    """A pg8000 connection that prepares each parameterised statement once.
+
+    pg8000's `run` parses, describes and executes an unnamed statement in three
+    round trips; a prepared one runs in one. The statements are the
+    repository's own SQL text (values are always parameters), so a small cache
+    per connection holds every hot statement of a send.
+    """
+
+    def __init__(self, native: pg8000.native.Connection) -> None:
+        self.native = native
+        self._statements: OrderedDict[str, pg8000.native.PreparedStatement] = OrderedDict()
+        self._row_count = -1
+
+    def run(self, sql: str, stream: Any = None, **params: Any) -> list[list[Any]]:
+        if stream is not None or not params:
+            rows: list[list[Any]] = self.native.run(sql, stream=stream, **params)
+            self._row_count = self.native.row_count
+            return rows
+        statement = self._statements.get(sql)
+        if statement is None:
+            statement = self.native.prepare(sql)
+            self._statements[sql] = statement
+            if len(self._statements) > _MAX_STATEMENTS:
+                _, oldest = self._statements.popitem(last=False)
+                oldest.close()
+        else:
+            self._statements.move_to_end(sql)
+        rows = statement.run(**params)
+        # pg8000 keeps a prepared statement's last result on the statement.
+        self._row_count = statement._context.row_count
+        return rows
+
+    @property
+    def row_count(self) -> int:
+        return self._row_count
+
+    def execute_simple(self, sql: str) -> Any:
+        return self.native.execute_simple(sql)
+
+    def close(self) -> None:
+        self.native.close()
+
+
 def _is_transient(error: Exception) -> bool:
     if isinstance(error, InterfaceError | OSError | ConnectionError):
         return True
     if isinstance(error, DatabaseError) and error.args and isinstance(error.args[0], dict):
-        code = str(error.args[0].get("C", ""))
+        code = _sqlstate(error)
+        if code in _STALE_STATEMENT:
+            return _STALE_STATEMENT[code] in str(error.args[0].get("M", ""))
         return code.startswith(_TRANSIENT_SQLSTATE_PREFIXES)
     return False
 
@@ -269,7 +322,7 @@ class Repository:
         # transaction and given back: a Lambda process keeps its one
         # connection warm, and local mode's many short-lived Map threads share
         # a few instead of each leaving one open.
-        self._idle: list[pg8000.native.Connection] = []
+        self._idle: list[Connection] = []
         self._max_idle = max_idle
         self._lock = threading.Lock()
 
@@ -283,16 +336,16 @@ class Repository:
 
     # -- connections -------------------------------------------------------
 
-    def _checkout(self) -> pg8000.native.Connection:
+    def _checkout(self) -> Connection:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
         try:
-            return self._connect()
+            return Connection(self._connect())
         except Exception as error:
             raise TransientDatabaseError(f"cannot connect to PostgreSQL: {error}") from error
 
-    def _checkin(self, conn: pg8000.native.Connection) -> None:
+    def _checkin(self, conn: Connection) -> None:
         with self._lock:
             if len(self._idle) < self._max_idle:
                 self._idle.append(conn)
@@ -300,7 +353,7 @@ class Repository:
         _close_quietly(conn)
 
     @contextlib.contextmanager
-    def _session(self) -> Iterator[pg8000.native.Connection]:
+    def _session(self) -> Iterator[Connection]:
         """A connection; a failure that is the connection's fault drops it and is transient."""
         conn = self._checkout()
         try:
@@ -317,7 +370,7 @@ class Repository:
         self._checkin(conn)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[pg8000.native.Connection]:
+    def transaction(self) -> Iterator[Connection]:
         with self._session() as conn:
             conn.run("START TRANSACTION")
             try:
@@ -543,9 +596,13 @@ class Repository:
         page: PageRef,
         attribute_keys: Sequence[str],
         notification_id: str | None = None,
-    ) -> list[Recipient]:
+    ) -> list[dict[str, Any]]:
         """The page's recipients: its enabled audience devices, or for a deferred pass,
-        the devices of the notification deferred until the page's due time."""
+        the devices of the notification deferred until the page's due time.
+
+        In the form the state machine carries them (`Recipient.to_dict`'s), built
+        straight from the rows: this is the hot loop of ResolveRecipients.
+        """
         keys = list(attribute_keys)
         attributes = "u.attributes" if keys else "NULL"
         if page.due is None:
@@ -574,19 +631,35 @@ class Repository:
                 first=page.first_device_id,
                 last=page.last_device_id,
             )
-        return [
-            Recipient(
-                device_id=row[0],
-                user_id=row[1],
-                platform=row[2],
-                sandbox=row[3],
-                endpoint_arn=row[4],
-                locale=row[5],
-                time_zone=row[6],
-                attributes={k: row[7][k] for k in keys if k in row[7]} if keys else {},
-            )
-            for row in rows
-        ]
+        if not keys:
+            return [
+                {
+                    "device_id": row[0],
+                    "user_id": row[1],
+                    "platform": row[2],
+                    "sandbox": row[3],
+                    "endpoint_arn": row[4],
+                    "locale": row[5],
+                    "time_zone": row[6],
+                }
+                for row in rows
+            ]
+        recipients: list[dict[str, Any]] = []
+        for row in rows:
+            recipient: dict[str, Any] = {
+                "device_id": row[0],
+                "user_id": row[1],
+                "platform": row[2],
+                "sandbox": row[3],
+                "endpoint_arn": row[4],
+                "locale": row[5],
+                "time_zone": row[6],
+            }
+            carried = {k: row[7][k] for k in keys if k in row[7]}
+            if carried:
+                recipient["attributes"] = carried
+            recipients.append(recipient)
+        return recipients
 
     # -- deferred passes ---------------------------------------------------
 
@@ -665,20 +738,30 @@ class Repository:
         results = list(results)
         if not results:
             return 0
-        body = "".join(
-            f"{r.device_id}\t{r.user_id}\t{r.outcome.value}\t"
-            f"{_copy_text(r.sns_message_id)}\t{_copy_text(r.error)}\t"
-            f"{_copy_text(r.deferred_until)}\n"
-            for r in results
-        )
         disabled = [r.device_id for r in results if r.outcome is Outcome.ENDPOINT_DISABLED]
+        # First writes of a page (the usual case) go straight into deliveries in
+        # one COPY; a page with rows already (a retry, a deferred pass) makes it
+        # fail on the key as a whole, and goes through the upsert instead.
+        prefix = f"{notification_id}\t{int(page)}\t"
+        try:
+            with self.transaction() as conn:
+                conn.run(
+                    "COPY deliveries (notification_id, page, device_id, user_id, outcome,"
+                    " sns_message_id, error, deferred_until) FROM STDIN",
+                    stream=[_delivery_lines(results, prefix)],
+                )
+                self._disable_endpoints(conn, disabled)
+            return len(results)
+        except DatabaseError as error:
+            if _sqlstate(error) != _UNIQUE_VIOLATION:
+                raise
         with self.transaction() as conn:
             conn.run(
                 "CREATE TEMP TABLE incoming_deliveries (device_id bigint, user_id bigint,"
                 " outcome text, sns_message_id text, error text, deferred_until timestamptz)"
                 " ON COMMIT DROP"
             )
-            conn.run("COPY incoming_deliveries FROM STDIN", stream=[body])
+            conn.run("COPY incoming_deliveries FROM STDIN", stream=[_delivery_lines(results)])
             conn.run(
                 "INSERT INTO deliveries (notification_id, device_id, user_id, page, outcome,"
                 " sns_message_id, error, deferred_until)"
@@ -694,14 +777,18 @@ class Repository:
                 page=page,
             )
             inserted = int(conn.row_count)
-            if disabled:
-                conn.run(
-                    "UPDATE devices SET enabled = false, disabled_at = now(),"
-                    " disabled_reason = 'endpoint_disabled'"
-                    " WHERE id = ANY(CAST(:ids AS bigint[])) AND enabled",
-                    ids=disabled,
-                )
+            self._disable_endpoints(conn, disabled)
         return inserted
+
+    @staticmethod
+    def _disable_endpoints(conn: Connection, device_ids: Sequence[int]) -> None:
+        if device_ids:
+            conn.run(
+                "UPDATE devices SET enabled = false, disabled_at = now(),"
+                " disabled_reason = 'endpoint_disabled'"
+                " WHERE id = ANY(CAST(:ids AS bigint[])) AND enabled",
+                ids=list(device_ids),
+            )
 
     def record_page_failure(
         self, notification_id: str, audience_spec: Mapping[str, Any], page: PageRef, error: str
@@ -1068,7 +1155,21 @@ class Repository:
         )
 
 
-def _close_quietly(conn: pg8000.native.Connection) -> None:
+def _delivery_lines(results: Sequence[DeliveryResult], prefix: str = "") -> str:
+    """Rows for COPY (text format): each after `prefix`, the columns it leaves out."""
+    return "".join(
+        f"{prefix}{r.device_id}\t{r.user_id}\t{r.outcome.value}\t"
+        f"{_copy_text(r.sns_message_id)}\t{_copy_text(r.error)}\t"
+        f"{_copy_text(r.deferred_until)}\n"
+        for r in results
+    )
+
+
+def _sqlstate(error: DatabaseError) -> str:
+    return str(error.args[0].get("C", "")) if error.args and isinstance(error.args[0], dict) else ""
+
+
+def _close_quietly(conn: Connection) -> None:
     with contextlib.suppress(Exception):
         conn.close()
 

@@ -206,7 +206,7 @@ def resolve(event: Mapping[str, Any], repository: NotificationRepository) -> dic
     page = PageRef.from_event(event)
     keys = sorted(placeholders(notification.content))
     recipients = repository.resolve_page(send_audience(notification), page, keys, notification.id)
-    return page_event(notification.id, page, recipients=[r.to_dict() for r in recipients])
+    return page_event(notification.id, page, recipients=recipients)
 
 
 # -- FilterRecipients -----------------------------------------------------------
@@ -387,23 +387,30 @@ def publish(
 
     if recipients:
         # Durable before answering, and before asking for a retry: a function that
-        # times out or dies from here on is reported as `Lambda.Unknown`, which is
-        # caught, not retried, and RecordPageFailure writes `failed` only for devices
-        # without a row. RecordResults writes the same rows again and adds nothing.
+        # times out or dies from here on is reported as `Lambda.Unknown`; once its
+        # retries are spent, RecordPageFailure writes `failed` only for devices
+        # without a row. RecordResults then has nothing left to write.
         repository.record_deliveries(notification.id, page.number, results)
     if released:
         raise ThrottledError(
             f"{len(released)} of {len(recipients)} pushes throttled or failed transiently;"
             f" {len(settled)} settled and recorded, the rest is retried"
         )
-    return page_event(notification.id, page, results=[r.to_dict() for r in results])
+    return page_event(
+        notification.id, page, results=[r.to_dict() for r in results], recorded=bool(recipients)
+    )
 
 
 # -- RecordResults / RecordPageFailure / Finalize -------------------------------
 
 
 def record(event: Mapping[str, Any], repository: NotificationRepository) -> dict[str, Any]:
+    """Write the page's rows, unless PublishBatch made them durable already (`recorded`):
+    it does whenever it pushed, so that no row is written twice. Pages it pushed
+    nothing for (all filtered, or cancelled) are written here."""
     page = PageRef.from_event(event)
+    if event.get("recorded") is True:
+        return page_event(event["notification_id"], page, recorded=0)
     results = [DeliveryResult.from_dict(raw) for raw in event["results"]]
     inserted = repository.record_deliveries(event["notification_id"], page.number, results)
     return page_event(event["notification_id"], page, recorded=inserted)
