@@ -21,6 +21,7 @@ On a cluster client the script runs once per hash slot, all in one pipeline.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -104,16 +105,17 @@ for u = 1, #KEYS / 2 do
   end
   if cap >= 0 and passing > 0 then
     redis.call('ZREMRANGEBYSCORE', cap_key, '-inf', since)
-    if not redis.call('ZSCORE', cap_key, notification) then
-      if redis.call('ZCARD', cap_key) < cap then
-        redis.call('ZADD', cap_key, 'NX', now, notification)
-        redis.call('PEXPIRE', cap_key, cap_ttl)
-      else
+    -- Counted already (a retried page, another page of this send): passes.
+    if redis.call('ZADD', cap_key, 'NX', now, notification) == 1 then
+      if redis.call('ZCARD', cap_key) > cap then
+        redis.call('ZREM', cap_key, notification)
         for i = first, #out do
           if out[i] == 0 then
             out[i] = 2
           end
         end
+      else
+        redis.call('PEXPIRE', cap_key, cap_ttl)
       end
     end
   end
@@ -181,11 +183,13 @@ class RecipientFilter:
 
     def preferences(self, user_ids: Sequence[int]) -> dict[int, Preferences]:
         """The users' preferences: from the cache, the misses from PostgreSQL in one query."""
+        keys = [preferences_key(user_id) for user_id in user_ids]
         with self._errors():
-            pipe = self._redis.pipeline(transaction=False)
-            for user_id in user_ids:
-                pipe.get(preferences_key(user_id))
-            cached = pipe.execute()
+            if isinstance(self._redis, RedisCluster):
+                # One MGET per slot, pipelined, answers in key order.
+                cached = self._redis.mget_nonatomic(keys)
+            else:
+                cached = self._redis.mget(keys)
         found: dict[int, Preferences] = {}
         missing: list[int] = []
         for user_id, raw in zip(user_ids, cached, strict=True):
@@ -231,6 +235,9 @@ class RecipientFilter:
         preferences = self.preferences(users) if users and needs_preferences else {}
 
         per_user: dict[tuple[int, str], UserRules] = {}
+        # Users with the same cached preferences share one parsed object: their
+        # rules in one time zone are the same, worked out once per page.
+        per_preferences: dict[tuple[int, str], UserRules] = {}
         filtered: list[tuple[int, DeliveryResult]] = []
         deferred: list[tuple[Recipient, datetime]] = []
         # Per user, the (position, recipient) pairs left for the script to decide.
@@ -240,9 +247,12 @@ class RecipientFilter:
         for position, recipient in enumerate(recipients):
             user = per_user.get((recipient.user_id, recipient.time_zone))
             if user is None:
-                user = per_user[(recipient.user_id, recipient.time_zone)] = rules.for_user(
-                    preferences.get(recipient.user_id, DEFAULT_PREFERENCES), recipient.time_zone
-                )
+                chosen = preferences.get(recipient.user_id, DEFAULT_PREFERENCES)
+                shared = (id(chosen), recipient.time_zone)
+                user = per_preferences.get(shared)
+                if user is None:
+                    user = per_preferences[shared] = rules.for_user(chosen, recipient.time_zone)
+                per_user[(recipient.user_id, recipient.time_zone)] = user
             if user.opted_out:
                 filtered.append((position, _result(recipient, Outcome.OPTED_OUT)))
             elif user.quiet_until is not None:
@@ -370,6 +380,13 @@ def _parse_cached(raw: Any) -> Preferences | None:
     """A cached entry; None for a miss, an invalidation marker or an unreadable value."""
     if raw is None or raw in (INVALIDATED, INVALIDATED.encode()):
         return None
+    return _parse_entry(raw)
+
+
+# Most users share a handful of distinct preference entries (the defaults above
+# all): each distinct one is parsed once per process. Preferences are immutable.
+@functools.lru_cache(maxsize=4096)
+def _parse_entry(raw: str | bytes) -> Preferences | None:
     try:
         return Preferences.from_dict(json.loads(raw))
     except (ValueError, TypeError, KeyError, IndexError, AttributeError):
