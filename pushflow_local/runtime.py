@@ -397,6 +397,9 @@ class LocalRuntime:
         # Local stand-ins for what the deployed stack reads from RDS and Secrets Manager.
         environment["DATABASE_URL"] = self.servers.database_url
         environment["REDIS_URL"] = self.servers.redis_url
+        # moto mocks botocore in this process: PublishBatch publishes through boto3
+        # here (deployed, it signs its own requests: no botocore to intercept).
+        environment["SNS_CLIENT"] = "boto3"
         environment["POWERTOOLS_TRACE_DISABLED"] = "true"
         environment["POWERTOOLS_METRICS_DISABLED"] = "true"
         environment.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")

@@ -29,7 +29,14 @@ from botocore.exceptions import ClientError
 from botocore.serialize import create_serializer
 
 from pushflow.adapters.sns import classify
-from pushflow.adapters.sns_http import SnsHttpPublisher, publish_form, resolve_endpoint
+from pushflow.adapters.sns_http import (
+    SnsHttpPublisher,
+    _ConnectionPool,
+    _signed_request,
+    _Target,
+    publish_form,
+    resolve_endpoint,
+)
 from pushflow.domain.content import render
 from pushflow.domain.payloads import build_sns_message
 from pushflow.domain.publishing import PublishStatus, PushMessage
@@ -222,6 +229,51 @@ def test_requests_are_sigv4_signed_for_sns_in_the_region() -> None:
         abs(datetime.strptime(date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp() - time.time())
         < 300
     )
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "credentials"),
+    [
+        ("https://sns.eu-west-1.amazonaws.com", CREDENTIALS),
+        ("http://127.0.0.1:4566/", Credentials("AKIDEXAMPLE", "secret/with+chars")),
+        ("https://vpce-0abc.sns.eu-west-1.vpce.amazonaws.com:8443/a path/~x", CREDENTIALS),
+    ],
+)
+def test_the_hand_written_signature_is_botocores(endpoint: str, credentials: Credentials) -> None:
+    """The signer is written out for speed: it must give what botocore's SigV4Auth
+    gives for the same request at the same instant, byte for byte."""
+    target = _Target(_ConnectionPool(endpoint, 10.0), REGION, credentials)
+    at = datetime(2026, 11, 24, 23, 59, 59, tzinfo=UTC)
+    plain = PushMessage(2, ARN.format("ok"), '{"default":"Grüße & 100% ✓ \\n"}', {})
+    for message in (push("ok"), plain):
+        body = publish_form(message)
+        raw = _signed_request(target, body, now=at)
+        head, _, sent_body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines[1:])
+
+        expected = AWSRequest(
+            method="POST",
+            url=target.pool.url,
+            data=body,
+            headers={"Content-Type": headers["Content-Type"], "Host": headers["Host"]},
+        )
+        expected.context["timestamp"] = "20261124T235959Z"
+        signer = SigV4Auth(credentials.get_frozen_credentials(), "sns", REGION)
+        signer._modify_request_before_signing(expected)
+        canonical = signer.canonical_request(expected)
+        signature = signer.signature(signer.string_to_sign(expected, canonical), expected)
+
+        assert sent_body == body
+        assert headers["Content-Length"] == str(len(body))
+        assert headers["X-Amz-Date"] == "20261124T235959Z"
+        assert headers.get("X-Amz-Security-Token") == credentials.token
+        assert headers["Authorization"] == (
+            f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/20261124/{REGION}/sns/"
+            f"aws4_request, SignedHeaders={signer.signed_headers(signer.headers_to_sign(expected))}"
+            f", Signature={signature}"
+        )
+        assert lines[0] == f"POST {target.pool.path} HTTP/1.1"
 
 
 def test_the_form_is_the_one_botocore_sends() -> None:

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from pushflow.adapters.recipient_filter import RecipientFilter
     from pushflow.adapters.redis_store import RecipientStore
     from pushflow.adapters.scheduler import Scheduler
-    from pushflow.adapters.sns import EndpointRegistry, SnsPublisher
+    from pushflow.adapters.sns import EndpointRegistry
     from pushflow.adapters.workflow import Workflow
+    from pushflow.domain.publishing import Publisher
 
 
 class Services:
@@ -63,10 +64,22 @@ class Services:
         return RecipientFilter(self.store.client, self.repository.load_preferences)
 
     @cached_property
-    def publisher(self) -> SnsPublisher:
-        from pushflow.adapters.sns import SnsPublisher
+    def publisher(self) -> Publisher:
+        """Signed Publish requests over kept-alive sockets (a fraction of boto3's CPU per
+        push); boto3 where a mock of botocore must see them (local mode)."""
+        concurrency = self.settings.publish_concurrency
+        if self.settings.sns_client == "boto3":
+            from pushflow.adapters.sns import SnsPublisher
 
-        return SnsPublisher(self._client("sns"), concurrency=self.settings.publish_concurrency)
+            return SnsPublisher(self._client("sns"), concurrency=concurrency)
+        from pushflow.adapters.sns_http import SnsHttpPublisher
+
+        return SnsHttpPublisher(concurrency=concurrency, session=self._botocore_session())
+
+    def _botocore_session(self) -> Any:
+        if self._boto_session is not None:
+            return self._boto_session._session  # boto3.Session wraps botocore's
+        return None
 
     @cached_property
     def endpoints(self) -> EndpointRegistry:
@@ -104,3 +117,7 @@ class Services:
             self.repository.close()
         if "store" in self.__dict__:
             self.store.close()
+        if "publisher" in self.__dict__:
+            close = getattr(self.publisher, "close", None)
+            if close is not None:
+                close()

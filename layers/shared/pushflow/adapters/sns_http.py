@@ -3,8 +3,14 @@
 boto3 spends over 1 ms of CPU on each `publish` (event hooks, model-driven
 serialisation and parsing), which holds a Lambda near 750 publishes/s however
 many threads wait on SNS. A Publish is one form POST (the query protocol) and
-a small XML answer: here the form is built directly, signed with botocore's
-SigV4Auth, and written to one of a few kept-alive connections.
+a small XML answer: here the form is built directly, signed with SigV4, and
+written to one of a few kept-alive connections.
+
+The signature is computed here, not by botocore's SigV4Auth: for this one
+request shape (a POST of a form, three or four headers) botocore's generic
+signer costs ~80 microseconds a push (email-package headers, a second pass
+over the form), the hand-written one below ~10, with the signing key derived
+once a day. Tests check both give the same Authorization header.
 
 One thread keeps `concurrency` pushes in flight: it writes a request on each
 free connection and reads whichever answer arrives first (a selector). A
@@ -27,6 +33,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
+import functools
+import hashlib
+import hmac
 import itertools
 import os
 import re
@@ -39,11 +49,9 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlsplit
 from xml.sax.saxutils import unescape
 
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -77,14 +85,23 @@ class _MalformedAnswer(Exception):
 
 def publish_form(push: PushMessage) -> bytes:
     """The Publish request's body, as botocore's query serializer would send it."""
-    fields: list[tuple[str, str]] = [
-        ("Action", "Publish"),
-        ("Version", API_VERSION),
-        ("TargetArn", push.endpoint_arn),
-        ("Message", push.message),
-        ("MessageStructure", "json"),
-    ]
-    for number, (name, value) in enumerate(push.attributes.items(), start=1):
+    return (
+        f"Action=Publish&Version={API_VERSION}&TargetArn={quote(push.endpoint_arn, safe='')}"
+        f"&Message={quote(push.message, safe='')}&MessageStructure=json"
+        f"{_attribute_fields(_attributes_key(push.attributes))}"
+    ).encode()
+
+
+def _attributes_key(attributes: Any) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
+    return tuple((name, tuple(value.items())) for name, value in attributes.items())
+
+
+@functools.lru_cache(maxsize=256)
+def _attribute_fields(attributes: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]) -> str:
+    """The MessageAttributes part of the form (a page's pushes share a handful)."""
+    fields: list[tuple[str, str]] = []
+    for number, (name, items) in enumerate(attributes, start=1):
+        value = dict(items)
         prefix = f"MessageAttributes.entry.{number}"
         fields.append((f"{prefix}.Name", name))
         fields.append((f"{prefix}.Value.DataType", value["DataType"]))
@@ -94,7 +111,7 @@ def publish_form(push: PushMessage) -> bytes:
             binary: Any = value["BinaryValue"]
             raw = binary if isinstance(binary, bytes) else str(binary).encode()
             fields.append((f"{prefix}.Value.BinaryValue", base64.b64encode(raw).decode()))
-    return urlencode(fields, quote_via=quote).encode()
+    return "".join(f"&{quote(key, safe='')}={quote(val, safe='')}" for key, val in fields)
 
 
 def parse_answer(device_id: int, status: int, body: bytes) -> PublishOutcome:
@@ -235,6 +252,8 @@ class _ConnectionPool:
             self.hostname if self.port == default_port else f"{self.hostname}:{self.port}"
         )
         self.url = f"{parts.scheme}://{self.host_header}{self.path}"
+        # The path as SigV4 canonicalises it (botocore: quoted, "/" and "~" kept).
+        self.canonical_path = quote(self.path, safe="/~")
         self._timeout = timeout
         self._tls = (
             ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None)
@@ -511,19 +530,56 @@ class SnsHttpPublisher:
         return _PageRun(self._ready(), pushes, self._concurrency, self._timeout).run()
 
 
-def _signed_request(target: _Target, body: bytes) -> bytes:
+def _signed_request(target: _Target, body: bytes, now: datetime.datetime | None = None) -> bytes:
     """The whole HTTP request, signed with SigV4 for SNS in the target's region."""
-    request = AWSRequest(
-        method="POST",
-        url=target.pool.url,
-        data=body,
-        headers={"Content-Type": FORM_CONTENT_TYPE, "Host": target.pool.host_header},
-    )
     # Frozen per request: a refresh between reading the key id and the secret
     # would sign with a mismatched pair.
     frozen = target.credentials.get_frozen_credentials()
-    SigV4Auth(frozen, "sns", target.region).add_auth(request)
-    head = [f"POST {target.pool.path} HTTP/1.1"]
-    head += [f"{name}: {value}" for name, value in request.headers.items()]
+    moment = now or datetime.datetime.now(datetime.UTC)
+    amz_date = moment.strftime("%Y%m%dT%H%M%SZ")
+    day = amz_date[:8]
+    pool = target.pool
+    headers = [
+        ("Content-Type", FORM_CONTENT_TYPE),
+        ("Host", pool.host_header),
+        ("X-Amz-Date", amz_date),
+    ]
+    if frozen.token:
+        headers.append(("X-Amz-Security-Token", frozen.token))
+    signed_headers = ";".join(name.lower() for name, _ in headers)
+    canonical = "\n".join(
+        (
+            "POST",
+            pool.canonical_path,
+            "",
+            "".join(f"{name.lower()}:{' '.join(value.split())}\n" for name, value in headers),
+            signed_headers,
+            hashlib.sha256(body).hexdigest(),
+        )
+    )
+    scope = f"{day}/{target.region}/sns/aws4_request"
+    string_to_sign = (
+        f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+    )
+    key = _signing_key(frozen.secret_key, day, target.region)
+    signature = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    headers.append(
+        (
+            "Authorization",
+            f"AWS4-HMAC-SHA256 Credential={frozen.access_key}/{scope},"
+            f" SignedHeaders={signed_headers}, Signature={signature}",
+        )
+    )
+    head = [f"POST {pool.path} HTTP/1.1"]
+    head += [f"{name}: {value}" for name, value in headers]
     head.append(f"Content-Length: {len(body)}\r\n\r\n")
     return "\r\n".join(head).encode("latin-1") + body
+
+
+@functools.lru_cache(maxsize=8)
+def _signing_key(secret_key: str, day: str, region: str) -> bytes:
+    """SigV4's derived key: the same for every request of a day, region and secret."""
+    key = ("AWS4" + secret_key).encode()
+    for part in (day, region, "sns", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return key
