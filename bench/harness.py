@@ -202,7 +202,7 @@ class Bench:
             concurrency=PUBLISH_IN_FLIGHT,
         )
         self._stack.callback(self.publisher.close)
-        self.services.publisher = self.publisher  # type: ignore[assignment]
+        self.services.publisher = self.publisher
         for spec in Template().functions():
             name = f"{STACK}-{spec.logical_id}"
             arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"

@@ -328,7 +328,7 @@ def publish_stage(bench: Bench) -> None:
         started = time.perf_counter()
         for event in decoded:
             answer = bench.invoke("PublishBatchFunction", event)
-            sent += sum(1 for r in answer["results"] if r["outcome"] == Outcome.SENT.value)
+            sent += answer["outcomes"].get(Outcome.SENT.value, 0)
         return sent, time.perf_counter() - started
 
     notification = data.new_send(bench)

@@ -72,8 +72,10 @@ def test_resolve_reads_the_sample_page_and_publish_sends_to_its_devices(
     assert [r["device_id"] for r in resolved["recipients"]] == [1, 2, 3]
 
     published = sample_runtime.invoke("PublishBatchFunction", load_event("publish_batch.json"))
-    outcomes = {r["device_id"]: r["outcome"] for r in published["results"]}
-    assert outcomes == {1: "sent", 2: "opted_out", 3: "sent"}
+    assert published["recorded"] is True
+    assert published["outcomes"] == {"sent": 2, "opted_out": 1}
+    rows = sample_runtime.services.repository.page_deliveries(SAMPLE_NOTIFICATION_ID, 0)
+    assert {d: r.outcome.value for d, r in rows.items()} == {1: "sent", 2: "opted_out", 3: "sent"}
 
 
 def test_the_api_sample_events_answer_like_api_gateway(sample_runtime: Any) -> None:

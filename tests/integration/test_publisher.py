@@ -14,7 +14,7 @@ from pushflow.adapters.sns import PublishStatus, PushMessage, SnsPublisher, clas
 from pushflow.domain import sending
 from pushflow.domain.content import render
 from pushflow.domain.errors import ThrottledError
-from pushflow.domain.models import NotificationStatus, PageRef
+from pushflow.domain.models import NotificationStatus, Outcome, PageRef
 from pushflow.domain.payloads import build_sns_message
 from pushflow_local.runtime import ACCOUNT, REGION, LocalRuntime
 from pushflow_local.seed import SeededDevice, SeedUser, disable_endpoints, seed_users
@@ -221,18 +221,18 @@ def test_a_throttled_page_records_what_went_out_and_the_retry_pushes_only_the_re
     sending.record(retried, repository)
 
     # THEN every device has exactly one push, and one row carrying its message id
-    results = {r["device_id"]: r for r in retried["results"]}
-    assert set(results) == set(by_id)
+    assert retried["recorded"] is True
+    assert retried["outcomes"] == {"sent": len(devices)}
+    final_rows = repository.page_deliveries(notification.id, 0)
+    assert set(final_rows) == set(by_id)
     assert sns.publishes == len(devices) + 4
     for device in devices:
         messages = recorded(device.endpoint_arn)
         assert len(messages) == 1, device
-        assert results[device.device_id]["outcome"] == "sent"
-        assert set(messages) == {results[device.device_id]["sns_message_id"]}
-    final_rows = repository.page_deliveries(notification.id, 0)
-    assert {d: r.sns_message_id for d, r in final_rows.items()} == {
-        d: r["sns_message_id"] for d, r in results.items()
-    }
+        assert final_rows[device.device_id].outcome is Outcome.SENT
+        assert set(messages) == {final_rows[device.device_id].sns_message_id}
+    for device_id, row in first_rows.items():
+        assert final_rows[device_id].sns_message_id == row.sns_message_id
     # The localized title reached the German recipients.
     german = next(d for d in devices if d.user_external_id.endswith("-1"))
     [message] = recorded(german.endpoint_arn).values()

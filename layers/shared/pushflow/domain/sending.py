@@ -313,7 +313,7 @@ def publish(
 
     if notification.status is NotificationStatus.CANCELLED:
         results += [DeliveryResult(r.device_id, r.user_id, Outcome.CANCELLED) for r in recipients]
-        return page_event(notification.id, page, results=[r.to_dict() for r in results])
+        return _unrecorded(notification.id, page, results)
 
     claims = markers.claim(notification.id, page.key(), [r.device_id for r in recipients])
     content = compile_content(notification.content)
@@ -396,8 +396,23 @@ def publish(
             f"{len(released)} of {len(recipients)} pushes throttled or failed transiently;"
             f" {len(settled)} settled and recorded, the rest is retried"
         )
+    if recipients:
+        # The rows are in PostgreSQL: the answer says how the page went, not how
+        # each device did (Step Functions carries and copies every state's data).
+        return page_event(notification.id, page, recorded=True, outcomes=outcome_totals(results))
+    return _unrecorded(notification.id, page, results)
+
+
+def _unrecorded(
+    notification_id: str, page: PageRef, results: list[DeliveryResult]
+) -> dict[str, Any]:
+    """A page PublishBatch pushed nothing for: its rows go to RecordResults."""
     return page_event(
-        notification.id, page, results=[r.to_dict() for r in results], recorded=bool(recipients)
+        notification_id,
+        page,
+        recorded=False,
+        outcomes=outcome_totals(results),
+        results=[r.to_dict() for r in results],
     )
 
 
