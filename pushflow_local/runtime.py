@@ -244,33 +244,44 @@ class LocalRuntime:
         setattr(retrier_decl, "time", _ScaledSleep(self.retry_sleep_scale))  # noqa: B010
         self._stack.callback(setattr, retrier_decl, "time", original_time)
         self._patch_wait_states()
-        self._reuse_task_clients()
+        self._invoke_task_functions_directly()
         self._copy_state_data_faster()
 
-    def _reuse_task_clients(self) -> None:
-        """One boto3 client per service for every Task state, not one per Task run.
+    def _invoke_task_functions_directly(self) -> None:
+        """A Task state's `lambda:invoke` calls the function here, not through boto3.
 
-        moto builds a new client (loading the service model, ~2 ms of CPU) each
-        time a state calls Lambda; its clients ignore the state's credentials
-        and are thread-safe, so the runtime hands out one per (region, service).
+        moto's interpreter invokes Lambda with a new boto3 client each time,
+        through botocore's serialisation and moto's own HTTP dispatch: most of
+        a local send's orchestration CPU. The function still gets its event as
+        JSON and answers as JSON, and an error comes back as Lambda reports it
+        (`FunctionError`), so the ASL's Retry and Catch see what they would.
         """
         from moto.stepfunctions.parser.asl.component.state.exec.state_task import (
             lambda_eval_utils,
         )
 
-        original = vars(lambda_eval_utils)["boto_client_for"]
-        clients: dict[tuple[str, str], Any] = {}
-        lock = threading.Lock()
+        runtime = self
+        original = vars(lambda_eval_utils)["_invoke_lambda_function"]
 
-        def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
-            with lock:
-                client = clients.get((region, service))
-                if client is None:
-                    client = clients[(region, service)] = original(region, service)
-                return client
+        def invoke(parameters: dict[str, Any], region: str, state_credentials: Any) -> Any:
+            answer, function_error = runtime._run(
+                parameters["FunctionName"], parameters.get("Payload")
+            )
+            try:
+                payload: Any = json.loads(answer)
+            except ValueError:
+                payload = answer
+            response: dict[str, Any] = {
+                "StatusCode": 200,
+                "ExecutedVersion": "$LATEST",
+                "Payload": payload,
+            }
+            if function_error:
+                response["FunctionError"] = function_error
+            return response
 
-        setattr(lambda_eval_utils, "boto_client_for", boto_client_for)  # noqa: B010
-        self._stack.callback(setattr, lambda_eval_utils, "boto_client_for", original)
+        setattr(lambda_eval_utils, "_invoke_lambda_function", invoke)  # noqa: B010
+        self._stack.callback(setattr, lambda_eval_utils, "_invoke_lambda_function", original)
 
     def _copy_state_data_faster(self) -> None:
         """moto's interpreter deep-copies a state's whole input several times per
@@ -504,21 +515,27 @@ class LocalRuntime:
     # -- Lambda --------------------------------------------------------------
 
     def _invoke(self, function_name: str, body: Any, response_headers: dict[str, str]) -> bytes:
+        answer, function_error = self._run(function_name, body)
+        if function_error:
+            response_headers["x-amz-function-error"] = function_error
+        return answer.encode()
+
+    def _run(self, function_name: str, body: Any) -> tuple[str, str | None]:
+        """A function's answer as Lambda gives it: its result as JSON, or its error
+        (with "Unhandled", as Lambda's X-Amz-Function-Error says)."""
         function = self.by_name[function_name.rsplit(":", 1)[-1]]
         event = json.loads(body) if body else {}
         try:
             result = function.invoke(event)
         except Exception as error:
             self.failures.setdefault(function.spec.logical_id, []).append(error)
-            response_headers["x-amz-function-error"] = "Unhandled"
-            return json.dumps(
-                {
-                    "errorType": type(error).__name__,
-                    "errorMessage": str(error),
-                    "stackTrace": traceback.format_exception(error)[-3:],
-                }
-            ).encode()
-        return json.dumps(result).encode()
+            failure = {
+                "errorType": type(error).__name__,
+                "errorMessage": str(error),
+                "stackTrace": traceback.format_exception(error)[-3:],
+            }
+            return json.dumps(failure), "Unhandled"
+        return json.dumps(result), None
 
     def invoke(self, logical_id: str, event: Any) -> Any:
         """Run a function's handler with the template's environment (`pushflow invoke`)."""
