@@ -466,3 +466,19 @@ def test_connections_of_finished_threads_are_not_left_open(repository: Repositor
         assert server_connections() <= before + 1
     finally:
         repository.close()
+
+
+def test_a_sends_unchanging_part_is_read_once_and_its_status_never_from_there(
+    repository: Repository,
+) -> None:
+    request = {"category": "marketing", "audience": EVERYONE, "content": {"title": "Hi"}}
+    created, _ = repository.create_notification(request, "marketing", NotificationStatus.ACCEPTED)
+
+    first = repository.get_send(created.id)
+    repository.mark_running(created.id, "arn:aws:states:local:execution:x", 3, 1)
+
+    # The request, audience and content are what was created, from the process's copy.
+    assert repository.get_send(created.id) is first
+    assert first.request == created.request and first.created_at == created.created_at
+    # The status moves on in PostgreSQL; only get_notification says so.
+    assert repository.get_notification(created.id).status is NotificationStatus.RUNNING

@@ -51,6 +51,8 @@ _UNIQUE_VIOLATION = "23505"
 _STALE_STATEMENT = {"0A000": "cached plan", "26000": "prepared statement"}
 # Prepared statements kept per connection (least recently used go first).
 _MAX_STATEMENTS = 64
+# Sends whose unchanging part a process keeps (get_send).
+_MAX_SENDS_KEPT = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +327,7 @@ class Repository:
         self._idle: list[Connection] = []
         self._max_idle = max_idle
         self._lock = threading.Lock()
+        self._sends: OrderedDict[str, Notification] = OrderedDict()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Repository:
@@ -475,6 +478,22 @@ class Repository:
         return _notification(
             self._one("notifications", _NOTIFICATION_COLUMNS, notification_id, "notification")
         )
+
+    def get_send(self, notification_id: str) -> Notification:
+        """The notification as far as it never changes once created (request, audience,
+        content, category, created_at), kept per process: every page of a send asks
+        for it. Never read its status or counts from here: use get_notification."""
+        with self._lock:
+            found = self._sends.get(notification_id)
+            if found is not None:
+                self._sends.move_to_end(notification_id)
+                return found
+        notification = self.get_notification(notification_id)
+        with self._lock:
+            self._sends[notification_id] = notification
+            while len(self._sends) > _MAX_SENDS_KEPT:
+                self._sends.popitem(last=False)
+        return notification
 
     def set_execution(self, notification_id: str, execution_arn: str) -> None:
         self.run(

@@ -67,6 +67,11 @@ class NotificationRepository(Protocol):
         self, audience_spec: Mapping[str, Any], page_size: int
     ) -> list[tuple[PageRef, int]]: ...
 
+    def get_send(self, notification_id: str) -> Notification:
+        """The notification's unchanging part (request, content, audience, category,
+        created_at), possibly cached: never its status."""
+        ...
+
     def resolve_page(
         self,
         audience_spec: Mapping[str, Any],

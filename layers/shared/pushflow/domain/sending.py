@@ -202,7 +202,8 @@ def plan_deferred(
 
 
 def resolve(event: Mapping[str, Any], repository: NotificationRepository) -> dict[str, Any]:
-    notification = repository.get_notification(event["notification_id"])
+    # Audience, content and created_at never change: read once per process, not per page.
+    notification = repository.get_send(event["notification_id"])
     page = PageRef.from_event(event)
     keys = sorted(placeholders(notification.content))
     recipients = repository.resolve_page(send_audience(notification), page, keys, notification.id)
