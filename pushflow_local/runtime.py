@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib.util
 import io
 import json
@@ -110,6 +111,12 @@ _MOTO_MODULES_COPYING_STATE_DATA = (
     "moto.stepfunctions.parser.asl.component.state.exec.execute_state",
     "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service",
     "moto.stepfunctions.parser.asl.component.state.exec.state_map.state_map",
+)
+
+# moto modules that parse JSONPath with jsonpath-ng's `parse` on every use.
+_MOTO_MODULES_PARSING_JSON_PATHS = (
+    "moto.stepfunctions.parser.asl.utils.json_path",
+    "moto.stepfunctions.parser.asl.component.common.path.result_path",
 )
 
 
@@ -246,6 +253,7 @@ class LocalRuntime:
         self._patch_wait_states()
         self._invoke_task_functions_directly()
         self._copy_state_data_faster()
+        self._parse_each_json_path_once()
 
     def _invoke_task_functions_directly(self) -> None:
         """A Task state's `lambda:invoke` calls the function here, not through boto3.
@@ -297,6 +305,18 @@ class LocalRuntime:
             original = vars(module)["copy"]
             setattr(module, "copy", _PickleCopy)  # noqa: B010
             self._stack.callback(setattr, module, "copy", original)
+
+    def _parse_each_json_path_once(self) -> None:
+        """moto parses a state's JSONPath (`$.Payload`) with jsonpath-ng every time it
+        applies it, building a parser each time (~0.5 ms); the ASL has a few dozen
+        paths, so each is parsed once. Parsed paths are immutable."""
+        import importlib
+
+        for name in _MOTO_MODULES_PARSING_JSON_PATHS:
+            module = importlib.import_module(name)
+            original = vars(module)["parse"]
+            setattr(module, "parse", functools.lru_cache(maxsize=1024)(original))  # noqa: B010
+            self._stack.callback(setattr, module, "parse", original)
 
     def _patch_wait_states(self) -> None:
         """Wait states measured on the runtime's clock, in UTC.
