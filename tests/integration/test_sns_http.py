@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import botocore.session
 import pytest
@@ -34,6 +34,7 @@ from pushflow.adapters.sns_http import (
     _ConnectionPool,
     _signed_request,
     _Target,
+    form_quote,
     publish_form,
     resolve_endpoint,
 )
@@ -274,6 +275,22 @@ def test_the_hand_written_signature_is_botocores(endpoint: str, credentials: Cre
             f", Signature={signature}"
         )
         assert lines[0] == f"POST {target.pool.path} HTTP/1.1"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "plain",
+        "~_.-",
+        "a b+c&d=e/f?g#h%i",
+        "Grüße ✓ 🎉",
+        "\x00\x1f\x7f",
+        '{"APNS":"{\\"aps\\"}"}',
+    ],
+)
+def test_form_values_are_percent_encoded_as_urllib_does(value: str) -> None:
+    assert form_quote(value) == quote(value, safe="")
 
 
 def test_the_form_is_the_one_botocore_sends() -> None:

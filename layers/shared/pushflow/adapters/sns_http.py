@@ -84,13 +84,23 @@ class _MalformedAnswer(Exception):
 # -- the request and the answer ------------------------------------------------
 
 
+# Percent-encoding as urllib's quote(value, safe="") does it, as one str.translate
+# over the value's UTF-8 bytes (read as Latin-1): a third of quote's CPU.
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+_PERCENT = {byte: chr(byte) if byte in _UNRESERVED else f"%{byte:02X}" for byte in range(256)}
+
+
+def form_quote(value: str) -> str:
+    return value.encode().decode("latin-1").translate(_PERCENT)
+
+
 def publish_form(push: PushMessage) -> bytes:
     """The Publish request's body, as botocore's query serializer would send it."""
     return (
-        f"Action=Publish&Version={API_VERSION}&TargetArn={quote(push.endpoint_arn, safe='')}"
-        f"&Message={quote(push.message, safe='')}&MessageStructure=json"
+        f"Action=Publish&Version={API_VERSION}&TargetArn={form_quote(push.endpoint_arn)}"
+        f"&Message={form_quote(push.message)}&MessageStructure=json"
         f"{_attribute_fields(_attributes_key(push.attributes))}"
-    ).encode()
+    ).encode("ascii")
 
 
 def _attributes_key(attributes: Any) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
@@ -112,7 +122,7 @@ def _attribute_fields(attributes: tuple[tuple[str, tuple[tuple[str, Any], ...]],
             binary: Any = value["BinaryValue"]
             raw = binary if isinstance(binary, bytes) else str(binary).encode()
             fields.append((f"{prefix}.Value.BinaryValue", base64.b64encode(raw).decode()))
-    return "".join(f"&{quote(key, safe='')}={quote(val, safe='')}" for key, val in fields)
+    return "".join(f"&{form_quote(key)}={form_quote(val)}" for key, val in fields)
 
 
 def parse_answer(device_id: int, status: int, body: bytes) -> PublishOutcome:
@@ -567,7 +577,7 @@ def _signed_request(target: _Target, body: bytes, now: datetime.datetime | None 
         f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
     )
     key = _signing_key(frozen.secret_key, day, target.region)
-    signature = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    signature = hmac.digest(key, string_to_sign.encode(), "sha256").hex()
     headers.append(
         (
             "Authorization",
@@ -586,5 +596,5 @@ def _signing_key(secret_key: str, day: str, region: str) -> bytes:
     """SigV4's derived key: the same for every request of a day, region and secret."""
     key = ("AWS4" + secret_key).encode()
     for part in (day, region, "sns", "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        key = hmac.digest(key, part.encode(), "sha256")
     return key
