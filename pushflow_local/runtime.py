@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import gc
 import importlib.util
 import io
 import json
@@ -113,6 +114,9 @@ _MOTO_MODULES_COPYING_STATE_DATA = (
     "moto.stepfunctions.parser.asl.component.state.exec.state_map.state_map",
 )
 
+# The collector's thresholds while a local runtime runs (Python's are 700, 10, 10).
+_GC_THRESHOLDS = (50_000, 20, 100)
+
 # moto modules that parse JSONPath with jsonpath-ng's `parse` on every use.
 _MOTO_MODULES_PARSING_JSON_PATHS = (
     "moto.stepfunctions.parser.asl.utils.json_path",
@@ -209,6 +213,21 @@ class LocalRuntime:
         self._install_environment()
         self._progress("applying migrations")
         self.services.repository.migrate(MIGRATIONS_DIR)
+        self._collect_garbage_less_often()
+
+    def _collect_garbage_less_often(self) -> None:
+        """Fewer collections of young objects while the runtime runs.
+
+        moto keeps every execution's states and history in this process, and each
+        state allocates thousands of short-lived dicts: with Python's default
+        thresholds (700, 10, 10) the collector ran every few hundred
+        microseconds and took a quarter of a local send's CPU (measured by
+        bench/: a 60k-recipient send went from ~1,500 to ~1,860 recipients/s).
+        Reference counting still frees everything without cycles at once.
+        """
+        previous = gc.get_threshold()
+        gc.set_threshold(*_GC_THRESHOLDS)
+        self._stack.callback(gc.set_threshold, *previous)
 
     def _start_moto(self) -> None:
         from moto import mock_aws
