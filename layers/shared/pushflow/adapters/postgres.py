@@ -650,22 +650,8 @@ class Repository:
                 first=page.first_device_id,
                 last=page.last_device_id,
             )
-        if not keys:
-            return [
-                {
-                    "device_id": row[0],
-                    "user_id": row[1],
-                    "platform": row[2],
-                    "sandbox": row[3],
-                    "endpoint_arn": row[4],
-                    "locale": row[5],
-                    "time_zone": row[6],
-                }
-                for row in rows
-            ]
-        recipients: list[dict[str, Any]] = []
-        for row in rows:
-            recipient: dict[str, Any] = {
+        recipients: list[dict[str, Any]] = [
+            {
                 "device_id": row[0],
                 "user_id": row[1],
                 "platform": row[2],
@@ -674,10 +660,13 @@ class Repository:
                 "locale": row[5],
                 "time_zone": row[6],
             }
-            carried = {k: row[7][k] for k in keys if k in row[7]}
-            if carried:
-                recipient["attributes"] = carried
-            recipients.append(recipient)
+            for row in rows
+        ]
+        if keys:
+            for recipient, row in zip(recipients, rows, strict=True):
+                carried = {k: row[7][k] for k in keys if k in row[7]}
+                if carried:
+                    recipient["attributes"] = carried
         return recipients
 
     # -- deferred passes ---------------------------------------------------
