@@ -24,9 +24,9 @@ from bench.data import Audience
 from bench.harness import PUBLISH_IN_FLIGHT, SNS_DELAY_SECONDS, Bench, Row, Timer, alternate
 from pushflow.adapters.postgres import ConnectionParams
 from pushflow.adapters.sns_http import SnsHttpPublisher
+from pushflow.domain import sending
 from pushflow.domain.content import compile_content
 from pushflow.domain.models import Notification, Outcome, PageRef, Recipient
-from pushflow.domain.payloads import build_sns_message
 from pushflow.domain.publishing import PushMessage
 from pushflow_local.runtime import REGION
 
@@ -55,14 +55,7 @@ def connect(bench: Bench) -> Any:
 
 def dbapi_connect(bench: Bench) -> pg8000.dbapi.Connection:
     params = ConnectionParams.from_url(bench.servers.database_url)
-    return pg8000.dbapi.Connection(
-        user=params.user,
-        password=params.password,
-        database=params.database,
-        host=params.host or "localhost",
-        port=params.port,
-        unix_sock=params.unix_sock,
-    )
+    return pg8000.dbapi.Connection(**params.driver_kwargs())
 
 
 def redis_client(bench: Bench) -> redis.Redis:
@@ -267,21 +260,11 @@ def _publish_events(bench: Bench, publishes: int, skip: int) -> list[str]:
 def _pushes(notification: Notification, events: Sequence[str]) -> list[PushMessage]:
     """The pushes PublishBatch makes for these pages (rendered as it renders them)."""
     content = compile_content(notification.content)
-    pushes = []
-    for event in events:
-        for raw in json.loads(event)["recipients"]:
-            recipient = Recipient.from_dict(raw)
-            rendered = content.render(recipient.locale, recipient.attributes)
-            message = build_sns_message(rendered, recipient.platform, recipient.sandbox)  # type: ignore[arg-type]
-            pushes.append(
-                PushMessage(
-                    recipient.device_id,
-                    recipient.endpoint_arn,
-                    message.message,
-                    message.message_attributes,
-                )
-            )
-    return pushes
+    return [
+        sending.push_for(content, Recipient.from_dict(raw))
+        for event in events
+        for raw in json.loads(event)["recipients"]
+    ]
 
 
 def boto3_rate(url: str, pushes: Sequence[PushMessage], threads: int) -> float:

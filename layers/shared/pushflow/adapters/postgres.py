@@ -84,18 +84,22 @@ class ConnectionParams:
             tls=(query.get("sslmode") or ["disable"])[0] in ("require", "verify-ca", "verify-full"),
         )
 
+    def driver_kwargs(self) -> dict[str, Any]:
+        """What pg8000's connections (native and DB-API alike) take."""
+        return {
+            "user": self.user,
+            "password": self.password,
+            "database": self.database,
+            "host": self.host or "localhost",
+            "port": self.port,
+            "unix_sock": self.unix_sock,
+            "ssl_context": True if self.tls else None,
+            "timeout": 30,
+            "application_name": "pushflow",
+        }
+
     def connect(self) -> pg8000.native.Connection:
-        return pg8000.native.Connection(
-            user=self.user,
-            password=self.password,
-            database=self.database,
-            host=self.host or "localhost",
-            port=self.port,
-            unix_sock=self.unix_sock,
-            ssl_context=True if self.tls else None,
-            timeout=30,
-            application_name="pushflow",
-        )
+        return pg8000.native.Connection(**self.driver_kwargs())
 
 
 class Connection:

@@ -12,7 +12,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pushflow.domain.categories import category as lookup_category
-from pushflow.domain.content import ContentError, compile_content, placeholders, validate_content
+from pushflow.domain.content import (
+    CompiledContent,
+    ContentError,
+    compile_content,
+    placeholders,
+    validate_content,
+)
 from pushflow.domain.errors import ThrottledError, TransientStoreError, UnfillablePlaceholder
 from pushflow.domain.models import (
     DeliveryResult,
@@ -222,7 +228,8 @@ def filter_recipients(
     """Keep the recipients a push may reach now; the others keep their reason."""
     notification = repository.get_notification(event["notification_id"])
     page = PageRef.from_event(event)
-    recipients = [Recipient.from_dict(raw) for raw in event["recipients"]]
+    raw_recipients = event["recipients"]
+    recipients = [Recipient.from_dict(raw) for raw in raw_recipients]
     if notification.status is NotificationStatus.CANCELLED:
         # Spend no cap and mark nothing seen for a send that will not go out.
         cancelled = [DeliveryResult(r.device_id, r.user_id, Outcome.CANCELLED) for r in recipients]
@@ -250,10 +257,12 @@ def filter_recipients(
         ).to_dict()
         for r, until in decision.deferred
     ]
+    # The eligible go on as they came (what ResolveRecipients built), not rebuilt.
+    as_received = {id(r): raw for r, raw in zip(recipients, raw_recipients, strict=True)}
     return page_event(
         notification.id,
         page,
-        recipients=[r.to_dict() for r in decision.eligible],
+        recipients=[as_received[id(r)] for r in decision.eligible],
         filtered=filtered,
     )
 
@@ -294,6 +303,16 @@ def _from_marker(recipient: Recipient, marker: str) -> DeliveryResult:
     return DeliveryResult(recipient.device_id, recipient.user_id, Outcome.SENT, marker)
 
 
+def push_for(content: CompiledContent, recipient: Recipient) -> PushMessage:
+    """The push one recipient gets: the content in their language with their
+    attributes, as their platform's SNS message. Raises ContentError."""
+    rendered = content.render(recipient.locale, recipient.attributes)
+    message = build_sns_message(rendered, recipient.platform, recipient.sandbox)  # type: ignore[arg-type]
+    return PushMessage(
+        recipient.device_id, recipient.endpoint_arn, message.message, message.message_attributes
+    )
+
+
 def publish(
     event: Mapping[str, Any],
     repository: NotificationRepository,
@@ -327,8 +346,7 @@ def publish(
             results.append(_from_marker(recipient, earlier))
             continue
         try:
-            rendered = content.render(recipient.locale, recipient.attributes)
-            message = build_sns_message(rendered, recipient.platform, recipient.sandbox)  # type: ignore[arg-type]
+            push = push_for(content, recipient)
         except ContentError as error:
             settled[recipient.device_id] = f"{_FAILED_PREFIX}{error.message}"
             results.append(
@@ -338,14 +356,7 @@ def publish(
             )
             continue
         by_device[recipient.device_id] = recipient
-        pushes.append(
-            PushMessage(
-                recipient.device_id,
-                recipient.endpoint_arn,
-                message.message,
-                message.message_attributes,
-            )
-        )
+        pushes.append(push)
 
     released: list[int] = []
     for outcome in publisher.publish(pushes):
