@@ -74,12 +74,7 @@ class Services:
             return SnsPublisher(self._client("sns"), concurrency=concurrency)
         from pushflow.adapters.sns_http import SnsHttpPublisher
 
-        return SnsHttpPublisher(concurrency=concurrency, session=self._botocore_session())
-
-    def _botocore_session(self) -> Any:
-        if self._boto_session is not None:
-            return self._boto_session._session  # boto3.Session wraps botocore's
-        return None
+        return SnsHttpPublisher(concurrency=concurrency)
 
     @cached_property
     def endpoints(self) -> EndpointRegistry:

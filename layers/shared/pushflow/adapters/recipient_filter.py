@@ -234,7 +234,6 @@ class RecipientFilter:
         needs_preferences = category.can_opt_out or not category.transactional
         preferences = self.preferences(users) if users and needs_preferences else {}
 
-        per_user: dict[tuple[int, str], UserRules] = {}
         # Users with the same cached preferences share one parsed object: their
         # rules in one time zone are the same, worked out once per page.
         per_preferences: dict[tuple[int, str], UserRules] = {}
@@ -245,14 +244,11 @@ class RecipientFilter:
         caps: dict[int, int | None] = {}
         devices_in_page: set[int] = set()
         for position, recipient in enumerate(recipients):
-            user = per_user.get((recipient.user_id, recipient.time_zone))
+            chosen = preferences.get(recipient.user_id, DEFAULT_PREFERENCES)
+            shared = (id(chosen), recipient.time_zone)
+            user = per_preferences.get(shared)
             if user is None:
-                chosen = preferences.get(recipient.user_id, DEFAULT_PREFERENCES)
-                shared = (id(chosen), recipient.time_zone)
-                user = per_preferences.get(shared)
-                if user is None:
-                    user = per_preferences[shared] = rules.for_user(chosen, recipient.time_zone)
-                per_user[(recipient.user_id, recipient.time_zone)] = user
+                user = per_preferences[shared] = rules.for_user(chosen, recipient.time_zone)
             if user.opted_out:
                 filtered.append((position, _result(recipient, Outcome.OPTED_OUT)))
             elif user.quiet_until is not None:
