@@ -136,8 +136,6 @@ class _PickleCopy:
                 pass
         return copy.deepcopy(value, memo)
 
-    copy = staticmethod(copy.copy)
-
 
 class _ScaledSleep:
     """Stands in for `time` in moto's retrier so Retry intervals can be shortened."""
