@@ -1,5 +1,8 @@
 """A stand-in for SNS's Publish API that answers after a fixed delay (20 ms by default).
 
+The delay counts from the request's arrival (its request line read), so the
+server's own parsing is inside the 20 ms, not added to it.
+
 It runs in its own process (`SlowSns.start()`), so its CPU does not compete
 with the client being measured, as SNS's does not. HTTP/1.1 with keep-alive,
 one thread per connection. GET /stats answers how many publishes it took.
@@ -44,11 +47,18 @@ class _PublishHandler(BaseHTTPRequestHandler):
     # algorithm and the client's delayed ACK would add ~40 ms to each answer.
     disable_nagle_algorithm = True
     server: _Server
+    arrived = 0.0  # when the request being answered arrived (time.monotonic)
+
+    def parse_request(self) -> bool:
+        # The request line has just been read: the request arrived now. The
+        # answer leaves `delay` after this, not after this server's own parsing.
+        self.arrived = time.monotonic()
+        return super().parse_request()
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(length)
-        time.sleep(self.server.delay)
+        time.sleep(max(0.0, self.arrived + self.server.delay - time.monotonic()))
         number = next(self.server.counter)
         self.server.published = number
         body = _ANSWER.format(message_id=f"00000000-0000-4000-8000-{number:012d}").encode()
