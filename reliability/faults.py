@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,13 +25,13 @@ from botocore.exceptions import ClientError
 
 from pushflow.adapters.postgres import ConnectionParams
 from pushflow.domain.models import PageRef
-from pushflow.domain.publishing import PublishOutcome, PublishStatus, PushMessage
+from pushflow.domain.publishing import EarlyOutcomes, PublishOutcome, PublishStatus, PushMessage
 from pushflow_local.runtime import LocalRuntime
 
 # -- which function and page this thread is running -------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one object per call: a retry is another invocation
 class Invocation:
     function: str  # the template's logical id, e.g. "PublishBatchFunction"
     page: int | None  # the page number of a Map iteration's event
@@ -105,7 +105,9 @@ class Trigger:
     pages; `skip`: let this many matching opportunities pass first; `limit`:
     fire at most this many times (None: always); `once_per_page`: at most once
     per page (its retry then succeeds); `seconds`: once fired, keep firing for
-    this long (an outage measured in time rather than in calls).
+    this long (an outage measured in time rather than in calls);
+    `rest_of_invocation`: once fired, keep firing until that function call ends
+    (a server gone for the rest of it, however many calls it makes), counted once.
     """
 
     def __init__(
@@ -116,8 +118,11 @@ class Trigger:
         limit: int | None = None,
         once_per_page: bool = False,
         seconds: float | None = None,
+        rest_of_invocation: bool = False,
     ) -> None:
         self.functions = frozenset(functions)
+        self.rest_of_invocation = rest_of_invocation
+        self._invocations_hit: set[Invocation] = set()
         self.pages = None if pages is None else frozenset(pages)
         self.skip = skip
         self.limit = limit
@@ -137,6 +142,8 @@ class Trigger:
         if self.pages is not None and page not in self.pages:
             return False
         with self._lock:
+            if invocation is not None and invocation in self._invocations_hit:
+                return True
             if self.seconds is not None and self._since is not None:
                 if time.monotonic() - self._since > self.seconds:
                     return False
@@ -151,6 +158,8 @@ class Trigger:
                 return False
             self.pages_fired.add(page)
             self.fired += 1
+            if self.rest_of_invocation and invocation is not None:
+                self._invocations_hit.add(invocation)
             if self.seconds is not None:
                 self._since = time.monotonic()
             return True
@@ -372,7 +381,10 @@ class SnsBursts(Fault):
         # Another Publisher (no boto3 client to wrap): answer at the outcome level.
         original_publish = publisher.publish
 
-        def publish_page(pushes: Sequence[PushMessage]) -> list[PublishOutcome]:
+        def publish_page(
+            pushes: Iterable[PushMessage], early: EarlyOutcomes | None = None
+        ) -> list[PublishOutcome]:
+            pushes = list(pushes)
             through: list[PushMessage] = []
             refused: dict[int, PublishOutcome] = {}
             for push in pushes:
@@ -382,7 +394,7 @@ class SnsBursts(Fault):
                     continue
                 status = PublishStatus.THROTTLED if error[1] == 400 else PublishStatus.RETRYABLE
                 refused[push.device_id] = PublishOutcome(push.device_id, status, error=error[0])
-            sent = {outcome.device_id: outcome for outcome in original_publish(through)}
+            sent = {outcome.device_id: outcome for outcome in original_publish(through, early)}
             return [refused.get(p.device_id) or sent[p.device_id] for p in pushes]
 
         stack.enter_context(patched(publisher, "publish", publish_page))
@@ -490,9 +502,12 @@ class CrashWhilePublishing(Fault):
         original = publisher.publish
         crash = error_named(self.error)
 
-        def publish(pushes: Sequence[PushMessage]) -> list[PublishOutcome]:
+        def publish(
+            pushes: Iterable[PushMessage], early: EarlyOutcomes | None = None
+        ) -> list[PublishOutcome]:
+            # `early` is not passed on: the function dies before it wrote any outcome.
             outcomes: list[PublishOutcome] = original(pushes)
-            if pushes and self.trigger.fire():
+            if outcomes and self.trigger.fire():
                 raise crash("the function stopped while publishing")
             return outcomes
 

@@ -348,13 +348,23 @@ def redis_outage(runtime: LocalRuntime, size: Size, result: ScenarioResult) -> N
 
 def redis_lost_before_settle(runtime: LocalRuntime, size: Size, result: ScenarioResult) -> None:
     # Redis goes away after SNS took a page's pushes and before PublishBatch settled
-    # its markers: the retry must neither push again nor lose what was sent.
+    # its markers, and stays away for the rest of that call (the settle of what came
+    # early and of the rest): the retry must neither push again nor lose what was sent.
     outage = RedisUnavailable(
-        Trigger((PUBLISH,), once_per_page=True, limit=size.faults_per_send), during=("settle",)
+        Trigger(
+            (PUBLISH,), once_per_page=True, limit=size.faults_per_send, rest_of_invocation=True
+        ),
+        during=("settle",),
     )
     _, audit = one_send(runtime, size, result, [outage])
     fired(result, outage)
     all_sent(result, audit)
+    retried = failures(runtime, PUBLISH, "TransientStoreError")
+    result.check(
+        "each outage failed its PublishBatch once, and the retry finished the page",
+        retried == outage.injected,
+        f"{retried} failures for {outage.injected} outages",
+    )
 
 
 def redis_down_for_good(runtime: LocalRuntime, size: Size, result: ScenarioResult) -> None:
@@ -397,9 +407,12 @@ def postgres_drop_resolve(runtime: LocalRuntime, size: Size, result: ScenarioRes
 
 def postgres_drop_record(runtime: LocalRuntime, size: Size, result: ScenarioResult) -> None:
     # Rows are written by PublishBatch (before it answers) and by RecordResults:
-    # the connection dies inside either transaction, just before COMMIT.
+    # the connection dies inside either transaction, just before COMMIT. In
+    # PublishBatch every later commit of that call dies too: the early write's loss
+    # is written again with the rest, and that write's loss fails the function.
     drop = PostgresConnectionDropped(
-        Trigger((PUBLISH, RECORD), limit=size.faults_per_send), at="commit"
+        Trigger((PUBLISH, RECORD), limit=size.faults_per_send, rest_of_invocation=True),
+        at="commit",
     )
     _, audit = one_send(runtime, size, result, [drop])
     fired(result, drop, size.faults_per_send)

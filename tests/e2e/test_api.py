@@ -555,12 +555,13 @@ def test_cancelling_mid_send_cancels_the_pages_not_yet_published(
     original = services.publisher.publish
     calls: list[int] = []
 
-    def held_up(pushes: Any) -> Any:
+    def held_up(pushes: Any, early: Any = None) -> Any:
+        pushes = list(pushes)
         calls.append(len(pushes))
         if len(calls) == 1:
             publishing.set()
             release.wait(WAIT_SECONDS)
-        return original(pushes)
+        return original(pushes, early)
 
     monkeypatch.setattr(services.publisher, "publish", held_up)
     accepted = client.send(

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pushflow.domain.publishing import PublishOutcome, PushMessage
+from pushflow.domain.publishing import EarlyOutcomes, PublishOutcome, PushMessage
 from pushflow_local.runtime import LocalRuntime
 from reliability.faults import CrashWhilePublishing, Fault, Trigger, patched, settings_changed
 from reliability.scenarios import (
@@ -225,11 +225,14 @@ class DoublePush(Fault):
         publisher: Any = runtime.services.publisher
         original = publisher.publish
 
-        def publish(pushes: Sequence[PushMessage]) -> list[PublishOutcome]:
+        def publish(
+            pushes: Iterable[PushMessage], early: EarlyOutcomes | None = None
+        ) -> list[PublishOutcome]:
+            pushes = list(pushes)
             if pushes:
                 self.trigger.fired += 1
                 original(pushes)
-            outcomes: list[PublishOutcome] = original(pushes)
+            outcomes: list[PublishOutcome] = original(pushes, early)
             return outcomes
 
         stack.enter_context(patched(publisher, "publish", publish))

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeou
 from pushflow.adapters.sns import PublishStatus, PushMessage, SnsPublisher, classify
 from pushflow.domain import sending
 from pushflow.domain.content import render
-from pushflow.domain.errors import ThrottledError
+from pushflow.domain.errors import ThrottledError, TransientDatabaseError, TransientStoreError
 from pushflow.domain.models import NotificationStatus, Outcome, PageRef
 from pushflow.domain.payloads import build_sns_message
 from pushflow_local.runtime import ACCOUNT, REGION, LocalRuntime
@@ -240,3 +240,125 @@ def test_a_throttled_page_records_what_went_out_and_the_retry_pushes_only_the_re
     key = "GCM" if german.platform == "android" else "APNS_SANDBOX" if german.sandbox else "APNS"
     platform_payload = json.loads(payload[key])
     assert "Hallo User1" in json.dumps(platform_payload, ensure_ascii=False)
+
+
+def test_the_pool_hands_over_early_the_outcomes_of_a_page_that_came(
+    clean_runtime: LocalRuntime, devices: list[SeededDevice]
+) -> None:
+    publisher = SnsPublisher(clean_runtime.client("sns"), concurrency=4)
+    early: list[list[int]] = []
+
+    outcomes = publisher.publish(
+        (push_to(d) for d in devices), lambda known: early.append([o.device_id for o in known])
+    )
+
+    assert [o.device_id for o in outcomes] == [d.device_id for d in devices]
+    # Once all but a pool's width answered (here 8 of 12), or later.
+    [handed] = early
+    assert len(devices) - 4 <= len(handed) <= len(devices)
+    assert set(handed) <= {d.device_id for d in devices}
+
+
+class FailingOnce:
+    """Wraps a method: its first call raises `error` (without calling it), the rest go through."""
+
+    def __init__(self, target: Any, name: str, error: Exception) -> None:
+        self.original = getattr(target, name)
+        self.error = error
+        self.calls: list[tuple[Any, ...]] = []
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls.append(args)
+        if len(self.calls) == 1:
+            raise self.error
+        return self.original(*args)
+
+
+@pytest.mark.parametrize("failing", ["settle", "record_deliveries"])
+def test_what_the_early_write_could_not_write_is_written_with_the_rest(
+    clean_runtime: LocalRuntime,
+    devices: list[SeededDevice],
+    monkeypatch: pytest.MonkeyPatch,
+    failing: str,
+) -> None:
+    # GIVEN a page of 12 pushes, 4 in flight: 8 or more answers come before the last is out
+    repository = clean_runtime.services.repository
+    store = clean_runtime.services.store
+    notification, _ = repository.create_notification(
+        REQUEST, "transactional", NotificationStatus.RUNNING
+    )
+    page = PageRef(0, devices[0].device_id, devices[-1].device_id)
+    event = {
+        **sending.resolve({"notification_id": notification.id, "page": page.to_dict()}, repository),
+        "filtered": [],
+    }
+    # ... and Redis or PostgreSQL failing once: in the early write
+    target = store if failing == "settle" else repository
+    error = TransientStoreError("gone") if failing == "settle" else TransientDatabaseError("gone")
+    wrapped = FailingOnce(target, failing, error)
+    monkeypatch.setattr(target, failing, wrapped)
+
+    # WHEN the page is published
+    answer = sending.publish(event, repository, store, SnsPublisher(clean_runtime.client("sns"), 4))
+
+    # THEN nothing is raised: the failed part went again with the rest, and every
+    # device has its row and its settled marker
+    assert len(wrapped.calls) == 2
+    assert answer["recorded"] is True
+    assert answer["outcomes"] == {"sent": len(devices)}
+    rows = repository.page_deliveries(notification.id, 0)
+    assert set(rows) == {d.device_id for d in devices}
+    markers = store.markers(notification.id, page.key())
+    assert {markers[d] for d in rows} == {rows[d].sns_message_id for d in rows}
+    assert all(len(recorded(d.endpoint_arn)) == 1 for d in devices)
+
+
+class HeldSns:
+    """The real SNS client, except that pushes to `held` endpoints wait for `release`."""
+
+    def __init__(self, client: Any, held: set[str]) -> None:
+        self._client = client
+        self._held = held
+        self.release = threading.Event()
+
+    def publish(self, **kwargs: Any) -> Any:
+        if kwargs["TargetArn"] in self._held:
+            self.release.wait(10)
+        return self._client.publish(**kwargs)
+
+
+def test_a_page_is_written_in_two_parts_none_twice(
+    clean_runtime: LocalRuntime, devices: list[SeededDevice], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a page whose last two pushes are answered only once rows were written
+    repository = clean_runtime.services.repository
+    store = clean_runtime.services.store
+    notification, _ = repository.create_notification(
+        REQUEST, "transactional", NotificationStatus.RUNNING
+    )
+    page = PageRef(0, devices[0].device_id, devices[-1].device_id)
+    event = {
+        **sending.resolve({"notification_id": notification.id, "page": page.to_dict()}, repository),
+        "filtered": [],
+    }
+    sns = HeldSns(clean_runtime.client("sns"), {d.endpoint_arn for d in devices[-2:]})
+    written: list[list[int]] = []
+    original = repository.record_deliveries
+
+    def record(notification_id: str, number: int, results: Any) -> int:
+        results = list(results)
+        written.append([r.device_id for r in results])
+        sns.release.set()
+        return int(original(notification_id, number, results))
+
+    monkeypatch.setattr(repository, "record_deliveries", record)
+
+    # WHEN it is published, 4 in flight
+    sending.publish(event, repository, store, SnsPublisher(sns, concurrency=4))
+
+    # THEN the rows of pushes answered went in while the last two were held (the
+    # pool hands over once 8 of 12 answered), the last two after; every device once
+    early, rest = written
+    assert len(early) >= len(devices) - 4
+    assert {d.device_id for d in devices[-2:]} <= set(rest)
+    assert sorted(early + rest) == sorted(d.device_id for d in devices)

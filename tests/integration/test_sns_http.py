@@ -480,3 +480,35 @@ def test_moto_takes_the_pushes_as_sns_would() -> None:
         "EndpointDisabled",
     )
     assert (unknown.status, unknown.error) == (PublishStatus.FAILED, "NotFound")
+
+
+def test_pushes_are_taken_as_they_go_out_and_early_outcomes_come_before_the_last_answer() -> None:
+    with fake_sns(delay=0.05) as sns:
+        sender = publisher(sns.url, concurrency=4)
+        arrived_before_taking: list[int] = []
+        early: list[list[int]] = []
+
+        def pushes() -> Iterator[PushMessage]:
+            for n in range(12):
+                arrived_before_taking.append(len(sns.requests))
+                yield push("ok", n)
+
+        def take_early(outcomes: list[Any]) -> None:
+            # Handed over while the last pushes are still unanswered.
+            early.append([o.device_id for o in outcomes])
+            assert sns.in_flight > 0
+
+        try:
+            outcomes = sender.publish(pushes(), take_early)
+        finally:
+            sender.close()
+
+    assert [o.device_id for o in outcomes] == list(range(12))
+    assert all(o.status is PublishStatus.SENT for o in outcomes)
+    # Not all taken up front: the last ones were built after earlier pushes arrived.
+    assert arrived_before_taking[0] == 0
+    assert arrived_before_taking[-1] >= 4
+    # Once, with the outcomes of the waves before the last (never all of them).
+    [handed] = early
+    assert 4 <= len(handed) < 12
+    assert len(set(handed)) == len(handed)

@@ -9,13 +9,13 @@ permanent failure with its error code.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pushflow.domain.publishing import PublishOutcome, PublishStatus, PushMessage
+from pushflow.domain.publishing import EarlyOutcomes, PublishOutcome, PublishStatus, PushMessage
 
 _THROTTLED = frozenset({"Throttling", "ThrottlingException", "ThrottledException", "KMSThrottling"})
 _ENDPOINT_GONE = frozenset({"EndpointDisabled"})
@@ -61,11 +61,27 @@ class SnsPublisher:
             return classify(push.device_id, error)
         return PublishOutcome(push.device_id, PublishStatus.SENT, message_id=response["MessageId"])
 
-    def publish(self, pushes: Sequence[PushMessage]) -> list[PublishOutcome]:
-        """Publish a page; outcomes in the order of `pushes`."""
-        if not pushes:
-            return []
-        return list(self._executor().map(self._publish_one, pushes))
+    def publish(
+        self, pushes: Iterable[PushMessage], early: EarlyOutcomes | None = None
+    ) -> list[PublishOutcome]:
+        """Publish a page; outcomes in the order of `pushes`.
+
+        `early` gets the outcomes that came once the page's last push has started
+        (all but a pool's width answered), or halfway for a page no wider than
+        the pool (its pushes all start at once): see `Publisher.publish`.
+        """
+        pool = self._executor()
+        futures = [pool.submit(self._publish_one, push) for push in pushes]
+        if early is not None and len(futures) > 1:
+            answered = 0
+            enough = max(len(futures) - self._concurrency, (len(futures) + 1) // 2)
+            for _ in as_completed(futures):
+                answered += 1
+                if answered >= enough:
+                    break
+            if answered < len(futures):
+                early([future.result() for future in futures if future.done()])
+        return [future.result() for future in futures]
 
     # -- endpoints (device registration) ----------------------------------
 

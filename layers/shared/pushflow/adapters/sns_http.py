@@ -39,6 +39,7 @@ import datetime
 import functools
 import hashlib
 import hmac
+import itertools
 import os
 import re
 import selectors
@@ -47,7 +48,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -63,7 +64,7 @@ from botocore.exceptions import (
 
 from pushflow.adapters.sns import classify
 from pushflow.config import ConfigurationError
-from pushflow.domain.publishing import PublishOutcome, PublishStatus, PushMessage
+from pushflow.domain.publishing import EarlyOutcomes, PublishOutcome, PublishStatus, PushMessage
 
 API_VERSION = "2010-03-31"
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
@@ -71,6 +72,9 @@ FORM_CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 # Lambda frozen between invocations comes back to such sockets.
 MAX_IDLE_SECONDS = 20.0
 MAX_ANSWER_BYTES = 1 << 20
+# Once every push of a page is out, `early` outcomes are handed over after this
+# long without an answer: the burst of the wave before the last is over.
+EARLY_QUIET_SECONDS = 0.001
 
 _MESSAGE_ID = re.compile(rb"<MessageId>\s*([^<\s]+)\s*</MessageId>")
 _ERROR_CODE = re.compile(rb"<Code>\s*([^<]+?)\s*</Code>")
@@ -335,31 +339,60 @@ class _Exchange:
 
 
 class _PageRun:
-    """One `publish` call: up to `concurrency` pushes in flight, answers as they come."""
+    """One `publish` call: up to `concurrency` pushes in flight, answers as they come.
+
+    Pushes are taken from the caller's iterable as they are needed, and ahead
+    of need (up to `concurrency`, signed too) while every slot waits on SNS:
+    work the caller does per push (PublishBatch renders each one) happens in
+    that wait instead of before the first push or between answers.
+    """
 
     def __init__(
-        self, target: _Target, pushes: Sequence[PushMessage], concurrency: int, timeout: float
+        self,
+        target: _Target,
+        pushes: Iterable[PushMessage],
+        concurrency: int,
+        timeout: float,
+        early: EarlyOutcomes | None = None,
     ) -> None:
         self.target = target
+        self.early = early
         self.url = target.pool.url
-        self.pushes = pushes
+        self.source: Iterator[PushMessage] | None = iter(pushes)
+        self.pushes: list[PushMessage] = []
         self.concurrency = concurrency
         self.timeout = timeout
-        self.outcomes: list[PublishOutcome | None] = [None] * len(pushes)
-        self.waiting = deque(range(len(pushes)))
+        self.outcomes: list[PublishOutcome | None] = []
+        # Taken and not started yet (or to start again), by position.
+        self.waiting: deque[int] = deque()
         self.requests: dict[int, bytes] = {}
         self.in_flight: set[_Exchange] = set()
         self.selector = selectors.DefaultSelector()
 
     def run(self) -> list[PublishOutcome]:
         try:
-            while self.waiting or self.in_flight:
-                while self.waiting and len(self.in_flight) < self.concurrency:
+            while True:
+                while len(self.in_flight) < self.concurrency and self._next_waiting():
                     self._start(self.waiting.popleft())
                 if not self.in_flight:
-                    continue
-                earliest = min(exchange.deadline for exchange in self.in_flight)
-                ready = self.selector.select(max(0.0, earliest - time.monotonic()))
+                    break  # a free slot and nothing left to start: done
+                if self.early is not None and self.source is None and not self.waiting:
+                    # Every push is out. The answers of the wave before the last
+                    # come in a burst: once it is over, the caller gets them while
+                    # the last wave is still in flight.
+                    ready = self.selector.select(EARLY_QUIET_SECONDS)
+                    if not ready:
+                        self._hand_over_early()
+                        continue
+                elif self.source is not None and len(self.waiting) < self.concurrency:
+                    ready = self.selector.select(0)
+                    if not ready:
+                        if self._take():
+                            self._request(self.waiting[-1])
+                        continue
+                else:
+                    earliest = min(exchange.deadline for exchange in self.in_flight)
+                    ready = self.selector.select(max(0.0, earliest - time.monotonic()))
                 for key, _ in ready:
                     self._on_readable(key.data)
                 now = time.monotonic()
@@ -371,6 +404,29 @@ class _PageRun:
             self.selector.close()
         assert all(outcome is not None for outcome in self.outcomes)
         return self.outcomes  # type: ignore[return-value]
+
+    def _hand_over_early(self) -> None:
+        """Every push is out: the caller gets the outcomes so far while the rest fly."""
+        early, self.early = self.early, None
+        known = [outcome for outcome in self.outcomes if outcome is not None]
+        if known and early is not None:
+            early(known)
+
+    def _take(self) -> bool:
+        """One more push from the caller into `waiting`; False once there are none."""
+        if self.source is None:
+            return False
+        push = next(self.source, None)
+        if push is None:
+            self.source = None
+            return False
+        self.waiting.append(len(self.pushes))
+        self.pushes.append(push)
+        self.outcomes.append(None)
+        return True
+
+    def _next_waiting(self) -> bool:
+        return bool(self.waiting) or self._take()
 
     def _request(self, position: int) -> bytes:
         request = self.requests.get(position)
@@ -428,7 +484,7 @@ class _PageRun:
             exchange.connection.answers += 1
             push = self.pushes[exchange.position]
             self.outcomes[exchange.position] = parse_answer(push.device_id, status, body)
-            if keep_alive and self.waiting:
+            if keep_alive and self._next_waiting():
                 self._next_on(exchange)
             else:
                 self._end(exchange, keep=keep_alive)
@@ -538,11 +594,17 @@ class SnsHttpPublisher:
 
     # -- publishing ------------------------------------------------------------
 
-    def publish(self, pushes: Sequence[PushMessage]) -> list[PublishOutcome]:
-        """Publish a page; outcomes in the order of `pushes`."""
-        if not pushes:
+    def publish(
+        self, pushes: Iterable[PushMessage], early: EarlyOutcomes | None = None
+    ) -> list[PublishOutcome]:
+        """Publish a page; outcomes in the order of `pushes` (taken as they are needed).
+        `early` gets the outcomes that came once the last push is out (see `Publisher`)."""
+        source = iter(pushes)
+        first = next(source, None)
+        if first is None:
             return []
-        return _PageRun(self._ready(), pushes, self._concurrency, self._timeout).run()
+        pushes = itertools.chain((first,), source)
+        return _PageRun(self._ready(), pushes, self._concurrency, self._timeout, early).run()
 
 
 def _signed_request(target: _Target, body: bytes, now: datetime.datetime | None = None) -> bytes:

@@ -6,7 +6,7 @@ The SNS adapters (`adapters/sns.py`, and any lighter client) implement
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -36,5 +36,21 @@ class PublishOutcome:
     error: str | None = None
 
 
+# Outcomes a publisher hands over before `publish` returns (see `Publisher.publish`).
+EarlyOutcomes = Callable[[list[PublishOutcome]], None]
+
+
 class Publisher(Protocol):
-    def publish(self, pushes: Sequence[PushMessage]) -> list[PublishOutcome]: ...
+    def publish(
+        self, pushes: Iterable[PushMessage], early: EarlyOutcomes | None = None
+    ) -> list[PublishOutcome]:
+        """One outcome per push, in the order the pushes came.
+
+        `pushes` may be a generator: a publisher takes each push when it can
+        send it, so the caller's per-push work overlaps the pushes in flight.
+        `early`, if given, may be called once, when the pushes left to answer
+        are the last ones in flight, with the outcomes that came so far (at
+        least one): the caller writes those while it waits. `publish` still
+        returns every outcome. `early` must not raise.
+        """
+        ...

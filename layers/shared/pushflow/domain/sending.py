@@ -7,7 +7,9 @@ to Lambda; the rules live here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,7 +40,7 @@ from pushflow.domain.ports import (
     RecipientRules,
     WorkflowStarter,
 )
-from pushflow.domain.publishing import Publisher, PublishStatus, PushMessage
+from pushflow.domain.publishing import Publisher, PublishOutcome, PublishStatus, PushMessage
 
 # What a publish marker says an earlier attempt of the same page left behind.
 PENDING = "pending"
@@ -313,6 +315,123 @@ def push_for(content: CompiledContent, recipient: Recipient) -> PushMessage:
     )
 
 
+class _PageWrites:
+    """What PublishBatch learns of a page and writes: each device's result, the
+    markers to settle in Redis and the rows to record in PostgreSQL.
+
+    Writes go in up to two parts: what is known once the last push is out,
+    while its answer is awaited (`write_early`), and the rest (`write_rest`).
+    Devices are distinct on a page, so no row or marker is written twice.
+    """
+
+    def __init__(
+        self,
+        notification_id: str,
+        page: PageRef,
+        repository: NotificationRepository,
+        markers: PublishMarkers,
+        results: list[DeliveryResult],
+    ) -> None:
+        self.notification_id = notification_id
+        self.page = page
+        self.repository = repository
+        self.markers = markers
+        self.results = results
+        self.settled: dict[int, str] = {}
+        self.released: list[int] = []
+        # Pushed and not answered yet: the recipient behind each push.
+        self.awaited: dict[int, Recipient] = {}
+        # How much of `results`, `settled` and `released` is written already.
+        self._recorded = 0
+        self._settled = 0
+        self._released = 0
+
+    def pushes(
+        self,
+        recipients: Sequence[Mapping[str, Any]],
+        claims: Mapping[int, str | None],
+        content: CompiledContent,
+    ) -> Iterator[PushMessage]:
+        """The page's pushes, built as the publisher takes them: past the first
+        few, while the pushes before them are in flight."""
+        for raw in recipients:
+            recipient = Recipient.from_dict(raw)
+            earlier = claims[recipient.device_id]
+            if earlier is not None:
+                self.results.append(_from_marker(recipient, earlier))
+                continue
+            try:
+                push = push_for(content, recipient)
+            except ContentError as error:
+                self.settled[recipient.device_id] = f"{_FAILED_PREFIX}{error.message}"
+                self.results.append(
+                    DeliveryResult(
+                        recipient.device_id, recipient.user_id, Outcome.FAILED, error=error.message
+                    )
+                )
+                continue
+            self.awaited[recipient.device_id] = recipient
+            yield push
+
+    def take(self, outcomes: Iterable[PublishOutcome]) -> None:
+        """Answers from SNS; ones taken already (handed over early) are skipped."""
+        for outcome in outcomes:
+            recipient = self.awaited.pop(outcome.device_id, None)
+            if recipient is None:
+                continue
+            device, user = recipient.device_id, recipient.user_id
+            if outcome.status is PublishStatus.SENT:
+                assert outcome.message_id, "SNS answers a sent push with its message id"
+                self.settled[device] = outcome.message_id
+                self.results.append(DeliveryResult(device, user, Outcome.SENT, outcome.message_id))
+            elif outcome.status is PublishStatus.ENDPOINT_DISABLED:
+                self.settled[device] = f"{_DISABLED_PREFIX}{outcome.error}"
+                self.results.append(
+                    DeliveryResult(device, user, Outcome.ENDPOINT_DISABLED, error=outcome.error)
+                )
+            elif outcome.status is PublishStatus.FAILED:
+                self.settled[device] = f"{_FAILED_PREFIX}{outcome.error}"
+                self.results.append(
+                    DeliveryResult(device, user, Outcome.FAILED, error=outcome.error)
+                )
+            else:
+                self.released.append(device)
+
+    def _settle(self) -> None:
+        settled = dict(itertools.islice(self.settled.items(), self._settled, None))
+        released = self.released[self._released :]
+        if settled or released:
+            self.markers.settle(self.notification_id, self.page.key(), settled, released)
+        self._settled += len(settled)
+        self._released += len(released)
+
+    def _record(self) -> None:
+        results = self.results[self._recorded :]
+        self.repository.record_deliveries(self.notification_id, self.page.number, results)
+        self._recorded += len(results)
+
+    def write_early(self, outcomes: list[PublishOutcome]) -> None:
+        """Settle and record what came so far while the last pushes are in flight.
+        Nothing is raised: whatever fails here is written again by `write_rest`,
+        where its error is raised as it would have been without this part."""
+        self.take(outcomes)
+        with contextlib.suppress(Exception):
+            self._settle()
+            self._record()
+
+    def write_rest(self) -> None:
+        """Settle and record what is not written yet; durable before the function answers."""
+        try:
+            self._settle()
+        except TransientStoreError:
+            # Redis went away after SNS took the pushes: without these rows the retry
+            # would find the markers still pending and record "outcome unknown" for
+            # pushes that did go out. Record what is known, then retry the page.
+            self._record()
+            raise
+        self._record()
+
+
 def publish(
     event: Mapping[str, Any],
     repository: NotificationRepository,
@@ -328,85 +447,33 @@ def publish(
     """
     notification = repository.get_notification(event["notification_id"])
     page = PageRef.from_event(event)
-    recipients = [Recipient.from_dict(raw) for raw in event["recipients"]]
+    recipients: Sequence[Mapping[str, Any]] = event["recipients"]
     results = [DeliveryResult.from_dict(raw) for raw in event.get("filtered", ())]
 
     if notification.status is NotificationStatus.CANCELLED:
-        results += [DeliveryResult(r.device_id, r.user_id, Outcome.CANCELLED) for r in recipients]
+        for raw in recipients:
+            recipient = Recipient.from_dict(raw)
+            results.append(
+                DeliveryResult(recipient.device_id, recipient.user_id, Outcome.CANCELLED)
+            )
         return _unrecorded(notification.id, page, results)
 
-    claims = markers.claim(notification.id, page.key(), [r.device_id for r in recipients])
+    device_ids = [int(raw["device_id"]) for raw in recipients]
+    claims = markers.claim(notification.id, page.key(), device_ids)
     content = compile_content(notification.content)
-    pushes: list[PushMessage] = []
-    by_device: dict[int, Recipient] = {}
-    settled: dict[int, str] = {}
-    for recipient in recipients:
-        earlier = claims[recipient.device_id]
-        if earlier is not None:
-            results.append(_from_marker(recipient, earlier))
-            continue
-        try:
-            push = push_for(content, recipient)
-        except ContentError as error:
-            settled[recipient.device_id] = f"{_FAILED_PREFIX}{error.message}"
-            results.append(
-                DeliveryResult(
-                    recipient.device_id, recipient.user_id, Outcome.FAILED, error=error.message
-                )
-            )
-            continue
-        by_device[recipient.device_id] = recipient
-        pushes.append(push)
-
-    released: list[int] = []
-    for outcome in publisher.publish(pushes):
-        recipient = by_device[outcome.device_id]
-        if outcome.status is PublishStatus.SENT:
-            assert outcome.message_id, "SNS answers a sent push with its message id"
-            settled[outcome.device_id] = outcome.message_id
-            results.append(
-                DeliveryResult(
-                    recipient.device_id, recipient.user_id, Outcome.SENT, outcome.message_id
-                )
-            )
-        elif outcome.status is PublishStatus.ENDPOINT_DISABLED:
-            settled[outcome.device_id] = f"{_DISABLED_PREFIX}{outcome.error}"
-            results.append(
-                DeliveryResult(
-                    recipient.device_id,
-                    recipient.user_id,
-                    Outcome.ENDPOINT_DISABLED,
-                    error=outcome.error,
-                )
-            )
-        elif outcome.status is PublishStatus.FAILED:
-            settled[outcome.device_id] = f"{_FAILED_PREFIX}{outcome.error}"
-            results.append(
-                DeliveryResult(
-                    recipient.device_id, recipient.user_id, Outcome.FAILED, error=outcome.error
-                )
-            )
-        else:
-            released.append(outcome.device_id)
-    try:
-        markers.settle(notification.id, page.key(), settled, released)
-    except TransientStoreError:
-        # Redis went away after SNS took the pushes: without these rows the retry
-        # would find the markers still pending and record "outcome unknown" for
-        # pushes that did go out. Record what is known, then retry the page.
-        repository.record_deliveries(notification.id, page.number, results)
-        raise
+    writes = _PageWrites(notification.id, page, repository, markers, results)
+    writes.take(publisher.publish(writes.pushes(recipients, claims, content), writes.write_early))
 
     if recipients:
         # Durable before answering, and before asking for a retry: a function that
         # times out or dies from here on is reported as `Lambda.Unknown`; once its
         # retries are spent, RecordPageFailure writes `failed` only for devices
         # without a row. RecordResults then has nothing left to write.
-        repository.record_deliveries(notification.id, page.number, results)
-    if released:
+        writes.write_rest()
+    if writes.released:
         raise ThrottledError(
-            f"{len(released)} of {len(recipients)} pushes throttled or failed transiently;"
-            f" {len(settled)} settled and recorded, the rest is retried"
+            f"{len(writes.released)} of {len(recipients)} pushes throttled or failed"
+            f" transiently; {len(writes.settled)} settled and recorded, the rest is retried"
         )
     if recipients:
         # The rows are in PostgreSQL: the answer says how the page went, not how
