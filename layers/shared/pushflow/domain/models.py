@@ -29,6 +29,10 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"
 
 
+# Outcome(value) as a dict lookup: RecordResults parses one per row.
+_OUTCOMES: dict[str, Outcome] = {outcome.value: outcome for outcome in Outcome}
+
+
 class NotificationStatus(StrEnum):
     ACCEPTED = "accepted"
     SCHEDULED = "scheduled"
@@ -175,10 +179,15 @@ class DeliveryResult:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> DeliveryResult:
+        value = raw["outcome"]
+        try:
+            outcome = _OUTCOMES[value]
+        except (KeyError, TypeError):
+            raise ValueError(f"{value!r} is not a valid Outcome") from None
         return cls(
             device_id=int(raw["device_id"]),
             user_id=int(raw["user_id"]),
-            outcome=Outcome(raw["outcome"]),
+            outcome=outcome,
             sns_message_id=raw.get("sns_message_id"),
             error=raw.get("error"),
             deferred_until=raw.get("deferred_until"),
