@@ -279,6 +279,7 @@ def test_what_the_early_write_could_not_write_is_written_with_the_rest(
     clean_runtime: LocalRuntime,
     devices: list[SeededDevice],
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
     failing: str,
 ) -> None:
     # GIVEN a page of 12 pushes, 4 in flight: 8 or more answers come before the last is out
@@ -311,6 +312,7 @@ def test_what_the_early_write_could_not_write_is_written_with_the_rest(
     markers = store.markers(notification.id, page.key())
     assert {markers[d] for d in rows} == {rows[d].sns_message_id for d in rows}
     assert all(len(recorded(d.endpoint_arn)) == 1 for d in devices)
+    assert "early write of a page failed" in caplog.text
 
 
 class HeldSns:

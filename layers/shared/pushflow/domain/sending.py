@@ -7,8 +7,8 @@ to Lambda; the rules live here.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,6 +41,9 @@ from pushflow.domain.ports import (
     WorkflowStarter,
 )
 from pushflow.domain.publishing import Publisher, PublishOutcome, PublishStatus, PushMessage
+
+# Standard logging: under the Powertools logger ("pushflow") in the functions.
+_log = logging.getLogger(__name__)
 
 # What a publish marker says an earlier attempt of the same page left behind.
 PENDING = "pending"
@@ -415,9 +418,11 @@ class _PageWrites:
         Nothing is raised: whatever fails here is written again by `write_rest`,
         where its error is raised as it would have been without this part."""
         self.take(outcomes)
-        with contextlib.suppress(Exception):
+        try:
             self._settle()
             self._record()
+        except Exception:
+            _log.warning("early write of a page failed; it goes again with the rest", exc_info=True)
 
     def write_rest(self) -> None:
         """Settle and record what is not written yet; durable before the function answers."""
