@@ -10,7 +10,9 @@ The time split: handler calls are timed (wall and the calling thread's CPU),
 the publisher works in the calling thread; the process's CPU that is
 neither is the orchestration: moto's interpreter, the Lambda invoke plumbing,
 the JSON of every state's payload. Local mode runs all of it in one process,
-so CPU (one core, the GIL) is what bounds a local send.
+so CPU (one core, the GIL) is what bounds a local send, and its figure moves
+with whatever else this machine runs: the send and the naive sender run in
+turns, `trials` times each (Redis emptied before each send), the best counts.
 """
 
 from __future__ import annotations
@@ -246,21 +248,39 @@ def naive_sender(bench: Bench, audience: Audience, sample: int) -> float:
         client.close()
 
 
+def _forget_sends(bench: Bench) -> None:
+    """The next send meets what the first did: Redis (caps, dedupe, cached
+    preferences) emptied. It is the benchmark's own server, or one named to be replaced."""
+    bench.services.store.client.flushdb()
+
+
 def end_to_end(bench: Bench) -> None:
     sizes = bench.sizes
     recipients = sizes.end_to_end_recipients
-    bench.say(f"end_to_end: seeding {recipients:,} recipients, then one send through moto")
+    bench.say(f"end_to_end: seeding {recipients:,} recipients, then sends through moto")
     audience = data.seed(bench, recipients)
-    value, details = send_through_runtime(bench, audience)
+    sends: list[tuple[float, dict[str, Any]]] = []
+    naive_rates: list[float] = []
+    # Send and naive sender in turns, the best of each (as the stages' trials).
+    for trial in range(sizes.trials):
+        if trial:
+            bench.say("  again, Redis emptied: no caps counted, no preferences cached")
+            _forget_sends(bench)
+        sends.append(send_through_runtime(bench, audience))
+        bench.say(f"  naive sender over {sizes.naive_sample:,} recipients")
+        naive_rates.append(naive_sender(bench, audience, sizes.naive_sample))
+    value, details = max(sends, key=lambda send: send[0])
+    naive = max(naive_rates)
+    details["rates"] = [round(rate, 1) for rate, _ in sends]
+    details["naive_rates"] = [round(rate, 1) for rate in naive_rates]
     without = min(recipients, HANDLERS_ONLY_RECIPIENTS)
     bench.say(f"  the same handlers without the state machine, {without:,} recipients")
+    _forget_sends(bench)
     details["handlers_only_recipients"] = without
     details["handlers_only_recipients_per_s"] = round(
         handlers_only(bench, without, details["map_concurrency"], details["publish_concurrency"]),
         1,
     )
-    bench.say(f"  naive sender over {sizes.naive_sample:,} recipients")
-    naive = naive_sender(bench, audience, sizes.naive_sample)
     bench.add(
         Row(
             "end_to_end",
