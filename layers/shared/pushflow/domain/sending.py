@@ -446,7 +446,8 @@ def publish(
     """Publish a page once per device, whatever retries happen.
 
     Each device is claimed in Redis before its push and settled after, and the
-    page's rows are written to PostgreSQL before the function answers. On
+    page's rows are written to PostgreSQL before the function answers (what
+    came before the last wave of pushes while that wave is in flight). On
     throttling or an SNS 5xx, ThrottledError is raised after that: the ASL
     retries the page, and the retry pushes only the devices that were released.
     """
