@@ -25,12 +25,9 @@ if TYPE_CHECKING:
 
 
 class Services:
-    def __init__(
-        self, settings: Settings, boto_session: Any | None = None, clock: Clock | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
-        self._boto_session = boto_session
         self._lock = threading.Lock()
 
     @classmethod
@@ -42,7 +39,7 @@ class Services:
 
         # Clients are thread-safe; sessions are not, so build under a lock.
         with self._lock:
-            session: Any = self._boto_session or boto3.session.Session()
+            session: Any = boto3.session.Session()  # typed Any: boto3-stubs overloads per name
             return session.client(service)
 
     @cached_property
