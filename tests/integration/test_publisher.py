@@ -14,7 +14,7 @@ from pushflow.adapters.sns import PublishStatus, PushMessage, SnsPublisher, clas
 from pushflow.domain import sending
 from pushflow.domain.content import render
 from pushflow.domain.errors import ThrottledError, TransientDatabaseError, TransientStoreError
-from pushflow.domain.models import NotificationStatus, Outcome, PageRef
+from pushflow.domain.models import Notification, NotificationStatus, Outcome, PageRef
 from pushflow.domain.payloads import build_sns_message
 from pushflow_local.runtime import ACCOUNT, REGION, LocalRuntime
 from pushflow_local.seed import SeededDevice, SeedUser, disable_endpoints, seed_users
@@ -184,12 +184,11 @@ def test_a_programming_error_is_not_mistaken_for_an_sns_answer() -> None:
 # -- sending.publish under throttling --------------------------------------------------
 
 
-def test_a_throttled_page_records_what_went_out_and_the_retry_pushes_only_the_rest(
-    clean_runtime: LocalRuntime, devices: list[SeededDevice]
-) -> None:
-    # GIVEN a page of a send, and SNS throttling the first 4 publishes
-    repository = clean_runtime.services.repository
-    store = clean_runtime.services.store
+def page_of(
+    runtime: LocalRuntime, devices: list[SeededDevice]
+) -> tuple[Notification, PageRef, dict[str, Any]]:
+    """A running send, one page holding `devices`, and the event PublishBatch gets for it."""
+    repository = runtime.services.repository
     notification, _ = repository.create_notification(
         REQUEST, "transactional", NotificationStatus.RUNNING
     )
@@ -199,6 +198,16 @@ def test_a_throttled_page_records_what_went_out_and_the_retry_pushes_only_the_re
     )
     event = {**resolved, "filtered": []}  # as FilterRecipients passes a page it keeps whole
     assert len(event["recipients"]) == len(devices)
+    return notification, page, event
+
+
+def test_a_throttled_page_records_what_went_out_and_the_retry_pushes_only_the_rest(
+    clean_runtime: LocalRuntime, devices: list[SeededDevice]
+) -> None:
+    # GIVEN a page of a send, and SNS throttling the first 4 publishes
+    repository = clean_runtime.services.repository
+    store = clean_runtime.services.store
+    notification, _, event = page_of(clean_runtime, devices)
     sns = ThrottlingSns(clean_runtime.client("sns"), throttled=4)
     publisher = SnsPublisher(sns, concurrency=4)
 
@@ -285,14 +294,7 @@ def test_what_the_early_write_could_not_write_is_written_with_the_rest(
     # GIVEN a page of 12 pushes, 4 in flight: 8 or more answers come before the last is out
     repository = clean_runtime.services.repository
     store = clean_runtime.services.store
-    notification, _ = repository.create_notification(
-        REQUEST, "transactional", NotificationStatus.RUNNING
-    )
-    page = PageRef(0, devices[0].device_id, devices[-1].device_id)
-    event = {
-        **sending.resolve({"notification_id": notification.id, "page": page.to_dict()}, repository),
-        "filtered": [],
-    }
+    notification, page, event = page_of(clean_runtime, devices)
     # ... and Redis or PostgreSQL failing once: in the early write
     target = store if failing == "settle" else repository
     error = TransientStoreError("gone") if failing == "settle" else TransientDatabaseError("gone")
@@ -335,14 +337,7 @@ def test_a_page_is_written_in_two_parts_none_twice(
     # GIVEN a page whose last two pushes are answered only once rows were written
     repository = clean_runtime.services.repository
     store = clean_runtime.services.store
-    notification, _ = repository.create_notification(
-        REQUEST, "transactional", NotificationStatus.RUNNING
-    )
-    page = PageRef(0, devices[0].device_id, devices[-1].device_id)
-    event = {
-        **sending.resolve({"notification_id": notification.id, "page": page.to_dict()}, repository),
-        "filtered": [],
-    }
+    _, _, event = page_of(clean_runtime, devices)
     sns = HeldSns(clean_runtime.client("sns"), {d.endpoint_arn for d in devices[-2:]})
     written: list[list[int]] = []
     original = repository.record_deliveries
