@@ -615,45 +615,69 @@ def _signed_request(target: _Target, body: bytes, now: datetime.datetime | None 
     # Frozen per request: a refresh between reading the key id and the secret
     # would sign with a mismatched pair.
     frozen = target.credentials.get_frozen_credentials()
-    moment = now or datetime.datetime.now(datetime.UTC)
-    amz_date = moment.strftime("%Y%m%dT%H%M%SZ")
-    day = amz_date[:8]
+    amz_date = _amz_date(int(time.time())) if now is None else _format_amz_date(now)
     pool = target.pool
+    canonical_head, to_sign_head, key, head = _request_parts(
+        pool.host_header,
+        pool.canonical_path,
+        pool.path,
+        target.region,
+        amz_date,
+        frozen.access_key,
+        frozen.secret_key,
+        frozen.token,
+    )
+    canonical = canonical_head + hashlib.sha256(body).hexdigest()
+    string_to_sign = to_sign_head + hashlib.sha256(canonical.encode()).hexdigest()
+    signature = hmac.digest(key, string_to_sign.encode(), "sha256").hex()
+    return f"{head}{signature}\r\nContent-Length: {len(body)}\r\n\r\n".encode("latin-1") + body
+
+
+def _format_amz_date(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+@functools.lru_cache(maxsize=4)
+def _amz_date(epoch_second: int) -> str:
+    return _format_amz_date(datetime.datetime.fromtimestamp(epoch_second, datetime.UTC))
+
+
+@functools.lru_cache(maxsize=16)
+def _request_parts(
+    host_header: str,
+    canonical_path: str,
+    path: str,
+    region: str,
+    amz_date: str,
+    access_key: str,
+    secret_key: str,
+    token: str | None,
+) -> tuple[str, str, bytes, str]:
+    """What every request signed in the same second, to the same endpoint, with the
+    same credentials shares: the canonical request up to its payload hash, the
+    string to sign up to the canonical request's hash, the signing key, and the
+    request's head up to the signature."""
+    day = amz_date[:8]
     headers = [
         ("Content-Type", FORM_CONTENT_TYPE),
-        ("Host", pool.host_header),
+        ("Host", host_header),
         ("X-Amz-Date", amz_date),
     ]
-    if frozen.token:
-        headers.append(("X-Amz-Security-Token", frozen.token))
+    if token:
+        headers.append(("X-Amz-Security-Token", token))
     signed_headers = ";".join(name.lower() for name, _ in headers)
-    canonical = "\n".join(
-        (
-            "POST",
-            pool.canonical_path,
-            "",
-            "".join(f"{name.lower()}:{' '.join(value.split())}\n" for name, value in headers),
-            signed_headers,
-            hashlib.sha256(body).hexdigest(),
-        )
+    canonical_headers = "".join(
+        f"{name.lower()}:{' '.join(value.split())}\n" for name, value in headers
     )
-    scope = f"{day}/{target.region}/sns/aws4_request"
-    string_to_sign = (
-        f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+    canonical_head = f"POST\n{canonical_path}\n\n{canonical_headers}\n{signed_headers}\n"
+    scope = f"{day}/{region}/sns/aws4_request"
+    to_sign_head = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n"
+    head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers)
+    head += (
+        f"Authorization: AWS4-HMAC-SHA256 Credential={access_key}/{scope},"
+        f" SignedHeaders={signed_headers}, Signature="
     )
-    key = _signing_key(frozen.secret_key, day, target.region)
-    signature = hmac.digest(key, string_to_sign.encode(), "sha256").hex()
-    headers.append(
-        (
-            "Authorization",
-            f"AWS4-HMAC-SHA256 Credential={frozen.access_key}/{scope},"
-            f" SignedHeaders={signed_headers}, Signature={signature}",
-        )
-    )
-    head = [f"POST {pool.path} HTTP/1.1"]
-    head += [f"{name}: {value}" for name, value in headers]
-    head.append(f"Content-Length: {len(body)}\r\n\r\n")
-    return "\r\n".join(head).encode("latin-1") + body
+    return canonical_head, to_sign_head, _signing_key(secret_key, day, region), head
 
 
 @functools.lru_cache(maxsize=8)
