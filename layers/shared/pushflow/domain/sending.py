@@ -308,6 +308,23 @@ def _from_marker(recipient: Recipient, marker: str) -> DeliveryResult:
     return DeliveryResult(recipient.device_id, recipient.user_id, Outcome.SENT, marker)
 
 
+def _marker_for(result: DeliveryResult) -> str:
+    """What a settled device's marker says, for `_from_marker` to read back."""
+    if result.outcome is Outcome.SENT:
+        assert result.sns_message_id, "SNS answers a sent push with its message id"
+        return result.sns_message_id
+    prefix = _DISABLED_PREFIX if result.outcome is Outcome.ENDPOINT_DISABLED else _FAILED_PREFIX
+    return f"{prefix}{result.error}"
+
+
+# What each final answer from SNS becomes; THROTTLED and RETRYABLE release the device.
+_OUTCOME_OF = {
+    PublishStatus.SENT: Outcome.SENT,
+    PublishStatus.ENDPOINT_DISABLED: Outcome.ENDPOINT_DISABLED,
+    PublishStatus.FAILED: Outcome.FAILED,
+}
+
+
 def push_for(content: CompiledContent, recipient: Recipient) -> PushMessage:
     """The push one recipient gets: the content in their language with their
     attributes, as their platform's SNS message. Raises ContentError."""
@@ -366,12 +383,7 @@ class _PageWrites:
             try:
                 push = push_for(content, recipient)
             except ContentError as error:
-                self.settled[recipient.device_id] = f"{_FAILED_PREFIX}{error.message}"
-                self.results.append(
-                    DeliveryResult(
-                        recipient.device_id, recipient.user_id, Outcome.FAILED, error=error.message
-                    )
-                )
+                self._settle_as(recipient, Outcome.FAILED, error=error.message)
                 continue
             self.awaited[recipient.device_id] = recipient
             yield push
@@ -382,23 +394,22 @@ class _PageWrites:
             recipient = self.awaited.pop(outcome.device_id, None)
             if recipient is None:
                 continue
-            device, user = recipient.device_id, recipient.user_id
-            if outcome.status is PublishStatus.SENT:
-                assert outcome.message_id, "SNS answers a sent push with its message id"
-                self.settled[device] = outcome.message_id
-                self.results.append(DeliveryResult(device, user, Outcome.SENT, outcome.message_id))
-            elif outcome.status is PublishStatus.ENDPOINT_DISABLED:
-                self.settled[device] = f"{_DISABLED_PREFIX}{outcome.error}"
-                self.results.append(
-                    DeliveryResult(device, user, Outcome.ENDPOINT_DISABLED, error=outcome.error)
-                )
-            elif outcome.status is PublishStatus.FAILED:
-                self.settled[device] = f"{_FAILED_PREFIX}{outcome.error}"
-                self.results.append(
-                    DeliveryResult(device, user, Outcome.FAILED, error=outcome.error)
-                )
+            final = _OUTCOME_OF.get(outcome.status)
+            if final is None:
+                self.released.append(recipient.device_id)
             else:
-                self.released.append(device)
+                self._settle_as(recipient, final, outcome.message_id, outcome.error)
+
+    def _settle_as(
+        self,
+        recipient: Recipient,
+        outcome: Outcome,
+        message_id: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        result = DeliveryResult(recipient.device_id, recipient.user_id, outcome, message_id, error)
+        self.settled[recipient.device_id] = _marker_for(result)
+        self.results.append(result)
 
     def _settle(self) -> None:
         settled = dict(itertools.islice(self.settled.items(), self._settled, None))
@@ -462,6 +473,7 @@ def publish(
             results.append(
                 DeliveryResult(recipient.device_id, recipient.user_id, Outcome.CANCELLED)
             )
+    if notification.status is NotificationStatus.CANCELLED or not recipients:
         return _unrecorded(notification.id, page, results)
 
     device_ids = [int(raw["device_id"]) for raw in recipients]
@@ -469,23 +481,19 @@ def publish(
     content = compile_content(notification.content)
     writes = _PageWrites(notification.id, page, repository, markers, results)
     writes.take(publisher.publish(writes.pushes(recipients, claims, content), writes.write_early))
-
-    if recipients:
-        # Durable before answering, and before asking for a retry: a function that
-        # times out or dies from here on is reported as `Lambda.Unknown`; once its
-        # retries are spent, RecordPageFailure writes `failed` only for devices
-        # without a row. RecordResults then has nothing left to write.
-        writes.write_rest()
+    # Durable before answering, and before asking for a retry: a function that
+    # times out or dies from here on is reported as `Lambda.Unknown`; once its
+    # retries are spent, RecordPageFailure writes `failed` only for devices
+    # without a row. RecordResults then has nothing left to write.
+    writes.write_rest()
     if writes.released:
         raise ThrottledError(
             f"{len(writes.released)} of {len(recipients)} pushes throttled or failed"
             f" transiently; {len(writes.settled)} settled and recorded, the rest is retried"
         )
-    if recipients:
-        # The rows are in PostgreSQL: the answer says how the page went, not how
-        # each device did (Step Functions carries and copies every state's data).
-        return page_event(notification.id, page, recorded=True, outcomes=outcome_totals(results))
-    return _unrecorded(notification.id, page, results)
+    # The rows are in PostgreSQL: the answer says how the page went, not how each
+    # device did (Step Functions carries and copies every state's data).
+    return page_event(notification.id, page, recorded=True, outcomes=outcome_totals(results))
 
 
 def _unrecorded(
