@@ -14,6 +14,7 @@ import contextlib
 import copy
 import functools
 import gc
+import importlib
 import importlib.util
 import io
 import json
@@ -26,7 +27,7 @@ import time
 import traceback
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -315,25 +316,26 @@ class LocalRuntime:
         values are JSON data: a pickle round trip copies them the same way
         (shared references kept, like deepcopy) about four times faster.
         """
-        import importlib
-
-        for name in _MOTO_MODULES_COPYING_STATE_DATA:
-            module = importlib.import_module(name)
-            original = vars(module)["copy"]
-            setattr(module, "copy", _PickleCopy)  # noqa: B010
-            self._stack.callback(setattr, module, "copy", original)
+        self._replace_in_modules(_MOTO_MODULES_COPYING_STATE_DATA, "copy", lambda _: _PickleCopy)
 
     def _parse_each_json_path_once(self) -> None:
         """moto parses a state's JSONPath (`$.Payload`) with jsonpath-ng every time it
         applies it, building a parser each time (~0.5 ms); the ASL has a few dozen
         paths, so each is parsed once. Parsed paths are immutable."""
-        import importlib
+        self._replace_in_modules(
+            _MOTO_MODULES_PARSING_JSON_PATHS, "parse", functools.lru_cache(maxsize=1024)
+        )
 
-        for name in _MOTO_MODULES_PARSING_JSON_PATHS:
-            module = importlib.import_module(name)
-            original = vars(module)["parse"]
-            setattr(module, "parse", functools.lru_cache(maxsize=1024)(original))  # noqa: B010
-            self._stack.callback(setattr, module, "parse", original)
+    def _replace_in_modules(
+        self, modules: Sequence[str], name: str, replacement: Callable[[Any], Any]
+    ) -> None:
+        """Each module's global `name` replaced by `replacement(original)` while the
+        runtime runs, and put back when it stops."""
+        for module_name in modules:
+            module = importlib.import_module(module_name)
+            original = vars(module)[name]
+            setattr(module, name, replacement(original))
+            self._stack.callback(setattr, module, name, original)
 
     def _patch_wait_states(self) -> None:
         """Wait states measured on the runtime's clock, in UTC.

@@ -47,8 +47,9 @@ _TRANSIENT_SQLSTATE_PREFIXES = ("08", "57", "53", "40")
 # A prepared statement a migration made stale ("cached plan must not change result
 # type", 0A000) or the server forgot (26000): the connection, and with it its
 # statements, is dropped and the retry prepares them again.
-_UNIQUE_VIOLATION = "23505"
 _STALE_STATEMENT = {"0A000": "cached plan", "26000": "prepared statement"}
+# A page's COPY meeting rows already there (a retry): the upsert takes over.
+_UNIQUE_VIOLATION = "23505"
 # Prepared statements kept per connection (least recently used go first).
 _MAX_STATEMENTS = 64
 # Sends whose unchanging part a process keeps (get_send).
