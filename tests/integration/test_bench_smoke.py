@@ -13,10 +13,15 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from botocore.exceptions import ClientError
+
+from bench.sns_server import SlowSns
 
 pytestmark = pytest.mark.integration
 
@@ -101,3 +106,26 @@ def test_the_table_is_printed(small_run: tuple[list[dict[str, Any]], str]) -> No
     assert header.split() == ["stage", "value", "unit", "reference", "ratio", "target", "met"]
     for name in EXPECTED:
         assert any(line.startswith(f"{name} ") for line in stdout.splitlines()), name
+
+
+def test_the_sns_stand_in_answers_publish_after_its_delay_and_nothing_else() -> None:
+    """boto3 against the stand-in: a Publish answered no sooner than the delay, with a
+    message id; any other action refused the way SNS refuses it; /stats counts."""
+    with SlowSns(delay=0.05) as sns:
+        client = boto3.client(
+            "sns",
+            region_name="us-east-1",
+            endpoint_url=sns.url,
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        )
+        arn = "arn:aws:sns:us-east-1:123456789012:endpoint/GCM/app/0000"
+        client.publish(TargetArn=arn, Message="warm")  # connection and models
+        started = time.monotonic()
+        answer = client.publish(TargetArn=arn, Message="hello")
+        assert time.monotonic() - started >= 0.05
+        assert answer["MessageId"] == "00000000-0000-4000-8000-000000000002"
+        with pytest.raises(ClientError) as refused:
+            client.list_topics()
+        assert refused.value.response["Error"]["Code"] == "InvalidAction"
+        assert sns.published() == 2
