@@ -10,8 +10,9 @@ user's keys share a hash slot (ElastiCache Serverless runs in cluster mode):
 
 - `pf:{u:<id>}:prefs`: the cached preferences (compact JSON, with a TTL);
 - `pf:{u:<id>}:cap:<category>`: the notification ids that reached the user,
-  scored by send time (ms), trimmed to a rolling 24 hours; adding is
-  idempotent, so a retried page never counts twice;
+  scored by send time (ms); those older than a rolling 24 hours are trimmed
+  when the count would pass the cap, so it stays bounded by the cap;
+  adding is idempotent, so a retried page never counts twice;
 - `pf:{u:<id>}:seen:<notification id>`: device id -> the page that passed it;
   another page of the same notification finding it is a duplicate.
 
@@ -104,10 +105,16 @@ for u = 1, #KEYS / 2 do
     redis.call('EXPIRE', seen_key, seen_ttl)
   end
   if cap >= 0 and passing > 0 then
-    redis.call('ZREMRANGEBYSCORE', cap_key, '-inf', since)
     -- Counted already (a retried page, another page of this send): passes.
     if redis.call('ZADD', cap_key, 'NX', now, notification) == 1 then
-      if redis.call('ZCARD', cap_key) > cap then
+      -- Trimmed only when the count may be over the cap (most users are far
+      -- below it): the set stays bounded by the cap all the same.
+      local over = redis.call('ZCARD', cap_key) > cap
+      if over then
+        redis.call('ZREMRANGEBYSCORE', cap_key, '-inf', since)
+        over = redis.call('ZCARD', cap_key) > cap
+      end
+      if over then
         redis.call('ZREM', cap_key, notification)
         for i = first, #out do
           if out[i] == 0 then
