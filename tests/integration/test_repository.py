@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from pg8000.exceptions import DatabaseError
 
-from pushflow.adapters.postgres import ConnectionParams, Repository
+from pushflow.adapters.postgres import Connection, ConnectionParams, Repository
 from pushflow.domain.errors import Conflict, TransientDatabaseError
 from pushflow.domain.models import (
     DeliveryResult,
@@ -358,6 +359,29 @@ def test_recording_the_same_page_twice_keeps_one_row_per_device(
     )
     assert disabled == [[dead.device_id, "endpoint_disabled"]]
     assert dead.device_id not in reached(repository, EVERYONE)
+
+
+def test_a_one_round_trip_copy_leaves_the_connection_in_step_when_it_fails(
+    clean_runtime: LocalRuntime,
+) -> None:
+    assert clean_runtime.servers is not None
+    params = ConnectionParams.from_url(clean_runtime.servers.database_url)
+    conn = Connection(params.connect())
+    try:
+        conn.run("CREATE TEMP TABLE copied (id int PRIMARY KEY)")
+        conn.copy_in("COPY copied FROM STDIN", "1\n2\n")
+        assert conn.row_count == 2
+        # A row that is there already fails the COPY as a whole, once it is in COPY.
+        with pytest.raises(DatabaseError, match="duplicate key"):
+            conn.copy_in("COPY copied FROM STDIN", "3\n1\n")
+        # A COPY that fails before any data is sent.
+        with pytest.raises(DatabaseError, match="not_there"):
+            conn.copy_in("COPY not_there FROM STDIN", "1\n")
+        # Each failure was read to its end: later statements get their own answers.
+        assert conn.run("SELECT id FROM copied ORDER BY id") == [[1], [2]]
+        assert conn.run("SELECT CAST(:n AS int) + 1", n=41) == [[42]]
+    finally:
+        conn.close()
 
 
 def test_error_text_with_tabs_and_newlines_is_recorded_as_is(

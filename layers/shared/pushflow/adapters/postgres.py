@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+import pg8000.core
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
@@ -139,6 +140,34 @@ class Connection:
     @property
     def row_count(self) -> int:
         return self._row_count
+
+    def copy_in(self, sql: str, data: str) -> None:
+        """`COPY ... FROM STDIN` with `data`, in one round trip.
+
+        pg8000's `run(sql, stream=...)` sends a COPY through the extended protocol
+        (parse, describe, execute: three round trips); a simple query takes one.
+        pg8000 only lets `run` take a stream, so this drives its simple-query steps
+        itself (pg8000 is pinned). pg8000 ends every COPY with a Sync, which a simple
+        query does not expect: PostgreSQL answers it with one more ReadyForQuery,
+        read here so the connection stays in step, also when the COPY fails.
+        """
+        native = self.native
+        started = False
+
+        def stream() -> Iterator[str]:
+            nonlocal started
+            started = True  # the server is in COPY: pg8000 will send its Sync
+            yield data
+
+        context = pg8000.core.Context(sql, stream=stream())
+        native.send_QUERY(sql)
+        pg8000.core._flush(native._sock)
+        try:
+            native.handle_messages(context)
+        finally:
+            if started:
+                native.handle_messages(pg8000.core.Context(None))
+        self._row_count = context.row_count
 
     def execute_simple(self, sql: str) -> Any:
         return self.native.execute_simple(sql)
@@ -758,10 +787,10 @@ class Repository:
         prefix = f"{notification_id}\t{int(page)}\t"
         try:
             with self.transaction() as conn:
-                conn.run(
+                conn.copy_in(
                     "COPY deliveries (notification_id, page, device_id, user_id, outcome,"
                     " sns_message_id, error, deferred_until) FROM STDIN",
-                    stream=[_delivery_lines(results, prefix)],
+                    _delivery_lines(results, prefix),
                 )
                 self._disable_endpoints(conn, disabled)
             return len(results)
@@ -774,7 +803,7 @@ class Repository:
                 " outcome text, sns_message_id text, error text, deferred_until timestamptz)"
                 " ON COMMIT DROP"
             )
-            conn.run("COPY incoming_deliveries FROM STDIN", stream=[_delivery_lines(results)])
+            conn.copy_in("COPY incoming_deliveries FROM STDIN", _delivery_lines(results))
             conn.run(
                 "INSERT INTO deliveries (notification_id, device_id, user_id, page, outcome,"
                 " sns_message_id, error, deferred_until)"
