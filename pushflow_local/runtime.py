@@ -19,6 +19,7 @@ import importlib.util
 import io
 import json
 import logging
+import marshal
 import math
 import os
 import pickle
@@ -125,12 +126,23 @@ _MOTO_MODULES_PARSING_JSON_PATHS = (
 )
 
 
-class _PickleCopy:
-    """Stands in for the `copy` module where moto copies state data."""
+class _StateDataCopy:
+    """Stands in for the `copy` module where moto copies state data.
+
+    State data is JSON values (dicts, lists, str, int, float, bool, None): a
+    marshal round trip copies them as deepcopy does (shared references kept),
+    ~7x faster than deepcopy and ~1.4x faster than pickle's round trip, which
+    takes what marshal refuses (any other type, str and dict subclasses
+    included), and deepcopy what pickle refuses.
+    """
 
     @staticmethod
     def deepcopy(value: Any, memo: Any = None) -> Any:
         if memo is None:
+            try:
+                return marshal.loads(marshal.dumps(value))  # noqa: S302 - our own bytes
+            except ValueError:
+                pass
             try:
                 return pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))  # noqa: S301 - our own bytes
             except (pickle.PicklingError, TypeError, AttributeError):
@@ -313,10 +325,10 @@ class LocalRuntime:
         """moto's interpreter deep-copies a state's whole input several times per
         state (reading it, Parameters, ResultPath, history events); with pages of
         a few hundred recipients that was a third of a local send's CPU. Those
-        values are JSON data: a pickle round trip copies them the same way
-        (shared references kept, like deepcopy) about four times faster.
+        values are JSON data: a marshal round trip copies them the same way
+        (shared references kept, like deepcopy) about seven times faster.
         """
-        self._replace_in_modules(_MOTO_MODULES_COPYING_STATE_DATA, "copy", lambda _: _PickleCopy)
+        self._replace_in_modules(_MOTO_MODULES_COPYING_STATE_DATA, "copy", lambda _: _StateDataCopy)
 
     def _parse_each_json_path_once(self) -> None:
         """moto parses a state's JSONPath (`$.Payload`) with jsonpath-ng every time it
