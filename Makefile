@@ -36,6 +36,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy layers/shared/pushflow pushflow_local
+	MYPYPATH=layers/shared $(BIN)/mypy bench reliability
 	@# Every function is its own `app` module, as in Lambda: check them one by one.
 	@for d in functions/*/; do MYPYPATH=layers/shared $(BIN)/mypy $$d || exit 1; done
 	@for f in $(ASL); do echo "statelint $$f"; $(BIN)/statelint --ignore=URI $$f || exit 1; done
