@@ -121,6 +121,10 @@ def test_opted_out_users_are_filtered_except_from_categories_they_cannot_leave(
     assert {r.user_id for r in marketing.filtered} == {ana}
     assert outcomes(security) == dict.fromkeys(devices(everyone), "eligible")
     assert [r.device_id for r in security.eligible] == devices(everyone)  # page order kept
+    # Each eligible recipient's place in the page given, for the caller to pass it on.
+    for decision in (marketing, security):
+        assert [everyone[i] for i in decision.eligible_positions] == decision.eligible
+    assert marketing.eligible_positions == list(range(len(by_user["ana"]), len(everyone)))
 
 
 def test_quiet_hours_suppress_or_defer_in_each_recipients_zone(clean_runtime: Any) -> None:

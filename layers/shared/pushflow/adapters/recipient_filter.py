@@ -286,6 +286,7 @@ class RecipientFilter:
             eligible=[recipient for _, recipient in eligible],
             filtered=[result for _, result in filtered],
             deferred=deferred,
+            eligible_positions=[position for position, _ in eligible],
         )
 
     def _decide_page(

@@ -31,9 +31,18 @@ class AttributeStats:
 
 @dataclass(frozen=True, slots=True)
 class FilterDecision:
-    eligible: list[Recipient]
+    """A page's recipients decided: each is eligible, filtered (with its outcome) or deferred."""
+
+    eligible: list[Recipient]  # in page order
     filtered: list[DeliveryResult]
     deferred: list[tuple[Recipient, datetime]]
+    # Where each eligible recipient is in the page given (same order): the caller
+    # passes on what it received for them without rebuilding it.
+    eligible_positions: list[int]
+
+    def __post_init__(self) -> None:
+        if len(self.eligible_positions) != len(self.eligible):
+            raise ValueError("one position per eligible recipient")
 
 
 class NotificationRepository(Protocol):

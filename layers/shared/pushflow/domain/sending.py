@@ -263,11 +263,10 @@ def filter_recipients(
         for r, until in decision.deferred
     ]
     # The eligible go on as they came (what ResolveRecipients built), not rebuilt.
-    as_received = {id(r): raw for r, raw in zip(recipients, raw_recipients, strict=True)}
     return page_event(
         notification.id,
         page,
-        recipients=[as_received[id(r)] for r in decision.eligible],
+        recipients=[raw_recipients[position] for position in decision.eligible_positions],
         filtered=filtered,
     )
 
