@@ -213,6 +213,29 @@ def test_a_page_resolves_to_its_enabled_devices_with_what_a_push_needs(
     assert chiara.attributes == {"first_name": "Chiara"}
 
 
+def test_the_attributes_a_page_carries_are_the_users_values_as_stored(
+    clean_runtime: LocalRuntime, repository: Repository
+) -> None:
+    stored = {
+        "first_name": 'Zoë "Z" O\'Neil',
+        "score": 1.5,
+        "beta": True,
+        "nickname": None,  # present, null: carried as None
+        "tags": ["a", {"b": 2}],
+        "big": 2**63 + 1,
+        "unused": "not asked for",
+    }
+    (device,) = seed_users(clean_runtime, [SeedUser("zoe", "en", "UTC", stored, (IOS,))])
+    asked = [*stored.keys() - {"unused"}, "absent", "x') IS NULL; DROP TABLE users; --"]
+
+    (recipient,) = repository.resolve_page(
+        EVERYONE, PageRef(0, device.device_id, device.device_id), sorted(asked)
+    )
+
+    assert recipient["attributes"] == {k: v for k, v in stored.items() if k != "unused"}
+    assert repository.run("SELECT count(*) FROM users")[0][0] == 1
+
+
 def test_a_page_without_placeholders_carries_no_attributes(
     repository: Repository, devices: list[SeededDevice]
 ) -> None:
