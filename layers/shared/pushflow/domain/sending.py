@@ -467,11 +467,10 @@ def publish(
     results = [DeliveryResult.from_dict(raw) for raw in event.get("filtered", ())]
 
     if notification.status is NotificationStatus.CANCELLED:
-        for raw in recipients:
-            recipient = Recipient.from_dict(raw)
-            results.append(
-                DeliveryResult(recipient.device_id, recipient.user_id, Outcome.CANCELLED)
-            )
+        results += [
+            DeliveryResult(int(raw["device_id"]), int(raw["user_id"]), Outcome.CANCELLED)
+            for raw in recipients
+        ]
     if notification.status is NotificationStatus.CANCELLED or not recipients:
         return _unrecorded(notification.id, page, results)
 
