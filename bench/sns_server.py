@@ -123,6 +123,7 @@ class Server:
         if not connection.buffer:
             connection.arrived = time.monotonic()
         connection.buffer += chunk
+        # Requests sent back to back count from when the first of them arrived.
         while self._request(connection):
             pass
 
@@ -158,7 +159,6 @@ class Server:
             answer = _http_answer("200 OK", "application/json", stats)
         close = headers.get("connection", "").lower() == "close"
         heapq.heappush(self._due, _Due(when, next(self._order), connection, answer, close))
-        # A next request already in the buffer arrived with this one.
         return True
 
     def _answer_due(self) -> None:
