@@ -33,3 +33,11 @@ def test_boto3_can_be_chosen_where_a_mock_of_botocore_must_see_the_pushes(
 def test_an_unknown_sns_client_is_refused_at_cold_start_naming_the_variable() -> None:
     with pytest.raises(ConfigurationError, match="SNS_CLIENT must be one of http, boto3"):
         Settings.from_env({**BASE, "SNS_CLIENT": "carrier-pigeon"})
+
+
+def test_a_function_given_no_redis_url_nor_secret_is_told_which_variables_to_set() -> None:
+    # Functions that do not use Redis have neither: only asking for the URL fails.
+    settings = Settings.from_env({"DATABASE_URL": BASE["DATABASE_URL"]})
+
+    with pytest.raises(ConfigurationError, match="set REDIS_URL, or REDIS_SECRET_ARN"):
+        _ = settings.redis_url

@@ -1,8 +1,10 @@
 """Configuration: read from the environment once, validated at cold start.
 
 Deployed, the database is named by host/port/name and its credentials live
-in Secrets Manager (DATABASE_SECRET_ARN). Locally, or against any other
-server, DATABASE_URL and REDIS_URL name the servers directly.
+in Secrets Manager (DATABASE_SECRET_ARN), and the functions that use Redis
+read its URL, which may carry a password, from a secret (REDIS_SECRET_ARN).
+Locally, or against any other server, DATABASE_URL and REDIS_URL name the
+servers directly.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from pushflow.domain.errors import TransientStoreError
+
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class ConfigurationError(RuntimeError):
@@ -23,7 +29,9 @@ class Settings:
     database_port: int
     database_name: str
     database_secret_arn: str | None
-    redis_url: str
+    # REDIS_URL as given; deployed it is unset and redis_secret_arn names the secret.
+    redis_url_variable: str | None
+    redis_secret_arn: str | None
     page_size: int
     page_plan_bucket: str | None
     map_concurrency: int
@@ -83,7 +91,8 @@ class Settings:
             database_port=number("DATABASE_PORT", 5432, 1, 65535),
             database_name=text("DATABASE_NAME") or "pushflow",
             database_secret_arn=text("DATABASE_SECRET_ARN"),
-            redis_url=required("REDIS_URL"),
+            redis_url_variable=text("REDIS_URL"),
+            redis_secret_arn=text("REDIS_SECRET_ARN"),
             page_size=number("PAGE_SIZE", 500, 10, 1000),
             page_plan_bucket=text("PAGE_PLAN_BUCKET"),
             map_concurrency=number("MAP_CONCURRENCY", 40, 1, 10000),
@@ -98,6 +107,38 @@ class Settings:
             schedule_dlq_arn=text("SCHEDULE_DLQ_ARN"),
             min_recurrence_minutes=number("MIN_RECURRENCE_MINUTES", 60, 1, 10080),
         )
+
+    @property
+    def redis_url(self) -> str:
+        """REDIS_URL, or deployed the URL in the secret REDIS_SECRET_ARN names.
+
+        Read when the Redis client is built (once per process, at the first
+        invocation that needs it), never at import time; Powertools caches it.
+        """
+        if self.redis_url_variable:
+            return self.redis_url_variable
+        if not self.redis_secret_arn:
+            raise ConfigurationError(
+                "set REDIS_URL, or REDIS_SECRET_ARN naming the secret that holds the Redis URL"
+            )
+        from aws_lambda_powertools.utilities import parameters
+        from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+
+        try:
+            url = str(parameters.get_secret(self.redis_secret_arn, max_age=300)).strip()
+        except GetParameterError as error:
+            # Throttling or a network blip at cold start: the ASL retries this by name.
+            raise TransientStoreError(
+                f"cannot read the Redis URL from REDIS_SECRET_ARN "
+                f"({self.redis_secret_arn}): {error}"
+            ) from error
+        if not url.startswith(REDIS_URL_SCHEMES):
+            # Never echo the value: it may carry a password.
+            raise ConfigurationError(
+                f"the secret REDIS_SECRET_ARN names ({self.redis_secret_arn}) does not hold a "
+                f"Redis URL ({', '.join(REDIS_URL_SCHEMES)})"
+            )
+        return url
 
     def require(self, name: str) -> str:
         """A setting this function cannot work without (e.g. the bucket for Prepare)."""
