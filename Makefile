@@ -47,7 +47,10 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The functions run python3.13 on arm64: sam build (no Docker) needs that interpreter
+# on PATH, and fetches the layer's compiled dependencies as manylinux aarch64 wheels.
 build:
+	@command -v python3.13 >/dev/null || { echo "make build: python3.13 must be on PATH (the functions' runtime; docs/deploy.md)"; exit 1; }
 	bash scripts/sam-venv.sh
 	.venv-sam/bin/sam build
 

@@ -459,6 +459,13 @@ class LocalRuntime:
             self.functions[spec.logical_id] = self.by_name[name] = function
             refs[spec.logical_id] = name
             attributes[(spec.logical_id, "Arn")] = arn
+            if spec.alias:
+                # As SAM's AutoPublishAlias: a version, and the alias the template refers to.
+                version = lambda_client.publish_version(FunctionName=name)
+                refs[f"{spec.logical_id}.Version"] = version["FunctionArn"]
+                refs[f"{spec.logical_id}.Alias"] = lambda_client.create_alias(
+                    FunctionName=name, Name=spec.alias, FunctionVersion=version["Version"]
+                )["AliasArn"]
 
         self.parameters.update(
             {**self.template.parameter_defaults(), **self.parameters, **self._parameter_overrides}
@@ -574,7 +581,7 @@ class LocalRuntime:
     def _run(self, function_name: str, body: Any) -> tuple[str, str | None]:
         """A function's answer as Lambda gives it: its result as JSON, or its error
         (with "Unhandled", as Lambda's X-Amz-Function-Error says)."""
-        function = self.by_name[function_name.rsplit(":", 1)[-1]]
+        function = self._function(function_name)
         event = json.loads(body) if body else {}
         try:
             result = function.invoke(event)
@@ -587,6 +594,15 @@ class LocalRuntime:
             }
             return json.dumps(failure), "Unhandled"
         return json.dumps(result), None
+
+    def _function(self, function_name: str) -> LocalFunction:
+        """The function a name or ARN names, as Lambda's Invoke takes them: an
+        alias qualifier must be the function's own (the ASL invokes aliases)."""
+        name, _, qualifier = function_name.split(":function:")[-1].partition(":")
+        function = self.by_name[name]
+        if qualifier not in ("", "$LATEST", function.spec.alias):
+            raise LookupError(f"{function_name}: {name} has no alias or version {qualifier!r}")
+        return function
 
     def invoke(self, logical_id: str, event: Any) -> Any:
         """Run a function's handler with the template's environment (`pushflow invoke`)."""

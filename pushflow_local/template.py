@@ -28,6 +28,8 @@ class FunctionSpec:
     handler: str
     environment: Mapping[str, Any]
     timeout: int
+    # AutoPublishAlias: the alias SAM publishes, which `!Ref <Function>.Alias` names.
+    alias: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class Template:
                     handler=props.get("Handler", globals_.get("Handler")),
                     environment=env,
                     timeout=int(props.get("Timeout", globals_.get("Timeout", 3))),
+                    alias=props.get("AutoPublishAlias", globals_.get("AutoPublishAlias")),
                 )
             )
         return specs

@@ -32,6 +32,8 @@ TOKEN_LIFECYCLE_FUNCTIONS = ["TokenLifecycleFunction", "DeviceSweepFunction"]
 # Every function that reads or writes PostgreSQL.
 DATABASE_FUNCTIONS = [*ALL_FUNCTIONS, *TOKEN_LIFECYCLE_FUNCTIONS, "MigrateFunction"]
 STACK_FUNCTIONS = [*DATABASE_FUNCTIONS, "PlatformApplicationFunction"]
+# Every function that talks to Redis (the store, the recipient filter).
+REDIS_FUNCTIONS = ["FilterRecipientsFunction", "PublishBatchFunction", "ApiFunction"]
 
 GLOBAL_ENVIRONMENT_KEYS = {
     "POWERTOOLS_SERVICE_NAME",
@@ -41,7 +43,6 @@ GLOBAL_ENVIRONMENT_KEYS = {
     "DATABASE_PORT",
     "DATABASE_NAME",
     "DATABASE_SECRET_ARN",
-    "REDIS_URL",
     "PAGE_SIZE",
     "PAGE_PLAN_BUCKET",
     "MAP_CONCURRENCY",
@@ -163,9 +164,15 @@ def test_function_code_folder_has_app_py_defining_the_handler(
 def test_every_function_uses_the_shared_layer_whose_folder_exists(
     template: dict[str, Any], resources: dict[str, Any]
 ) -> None:
-    assert template["Globals"]["Function"]["Layers"] == [{"Ref": "SharedLayer"}]
+    function_globals = template["Globals"]["Function"]
+    assert function_globals["Layers"] == [{"Ref": "SharedLayer"}]
     layer = resources["SharedLayer"]
-    assert layer["Metadata"]["BuildMethod"] == "python3.11"
+    # The layer is built for the runtime and the architecture the functions run on:
+    # without BuildArchitecture SAM builds it for the host's, compiled wheels included.
+    assert layer["Metadata"]["BuildMethod"] == function_globals["Runtime"]
+    assert [layer["Metadata"]["BuildArchitecture"]] == function_globals["Architectures"]
+    assert layer["Properties"]["CompatibleRuntimes"] == [function_globals["Runtime"]]
+    assert layer["Properties"]["CompatibleArchitectures"] == function_globals["Architectures"]
     layer_dir = REPO_ROOT / layer["Properties"]["ContentUri"]
     assert (layer_dir / "requirements.txt").is_file()
     assert (layer_dir / "pushflow" / "__init__.py").is_file()
@@ -185,21 +192,56 @@ def test_asl_placeholders_and_definition_substitutions_match(
     assert used - provided == set(), "placeholders in the ASL without a substitution"
     assert provided - used == set(), "substitutions the ASL never uses"
 
-    # AND every task function is substituted by its own ARN
+    # AND every task function is substituted by its published alias, never $LATEST, and a
+    # new version is published when anything changes (the layer's ARN included)
     for function_name in TASK_FUNCTIONS:
         value = state_machine["DefinitionSubstitutions"][f"{function_name}Arn"]
-        assert value == {"Fn::GetAtt": [function_name, "Arn"]}
-        assert resources[function_name]["Type"] == "AWS::Serverless::Function"
+        assert value == {"Ref": f"{function_name}.Alias"}
+        function = resources[function_name]
+        assert function["Type"] == "AWS::Serverless::Function"
+        assert function["Properties"]["AutoPublishAlias"] == "live"
+        assert function["Properties"]["AutoPublishAliasAllProperties"] is True
 
 
-def test_state_machine_may_invoke_exactly_its_task_functions(
+def test_state_machine_may_invoke_exactly_the_aliases_it_names(
     state_machine: dict[str, Any],
 ) -> None:
-    invoked = {
-        p["FunctionName"]["Ref"]
-        for p in _policy_templates(state_machine["Policies"], "LambdaInvokePolicy")
+    statements = list(_inline_statements(state_machine["Policies"]))
+    invoke = [s for s in statements if "lambda:InvokeFunction" in _as_list(s["Action"])]
+    assert len(invoke) == 1
+    assert _as_list(invoke[0]["Action"]) == ["lambda:InvokeFunction"]
+    named = [state_machine["DefinitionSubstitutions"][f"{f}Arn"] for f in TASK_FUNCTIONS]
+    assert _as_list(invoke[0]["Resource"]) == named
+    # SAM's policy templates would grant more (LambdaInvokePolicy: every version, $LATEST).
+    assert all(isinstance(p, dict) and set(p) == {"Statement"} for p in state_machine["Policies"])
+
+
+def test_state_machine_role_allows_only_what_the_workflow_does(
+    state_machine: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    granted = {
+        action
+        for statement in _inline_statements(state_machine["Policies"])
+        for action in _as_list(statement["Action"])
     }
-    assert invoked == set(TASK_FUNCTIONS)
+    assert granted - UNSCOPABLE_ACTIONS == {
+        "lambda:InvokeFunction",  # the tasks
+        "s3:ListBucket",  # FanOut's ItemReader
+        "states:StartExecution",  # the Distributed Map's children
+        "states:DescribeExecution",
+        "states:StopExecution",
+        "states:RedriveExecution",  # a redrive re-runs the failed children
+    }
+    statements = list(_inline_statements(state_machine["Policies"]))
+    (listing,) = [s for s in statements if "s3:ListBucket" in _as_list(s["Action"])]
+    assert listing["Resource"] == {"Fn::GetAtt": ["PagePlanBucket", "Arn"]}
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": "plans/*"}}
+    children = (
+        "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}"
+        ":execution:${AWS::StackName}-send-notification/*"
+    )
+    (managing,) = [s for s in statements if "states:RedriveExecution" in _as_list(s["Action"])]
+    assert managing["Resource"] == {"Fn::Sub": children}
 
 
 def test_state_machine_child_execution_arns_name_the_state_machine_itself(
@@ -243,11 +285,16 @@ def test_secret_access_is_granted_for_exactly_the_database_secret_in_use(
     assert secret_arn == {
         "Fn::If": ["CreateDatabase", {"Ref": "DatabaseSecret"}, {"Ref": "DatabaseSecretArn"}]
     }
-    # THEN every function that talks to PostgreSQL may read that secret and no other
+    # THEN every function that talks to PostgreSQL may read that secret, those that talk
+    # to Redis the Redis URL's secret too, and none any other
+    redis_secret = {"SecretArn": {"Ref": "RedisUrlSecret"}}
     for function_name in DATABASE_FUNCTIONS:
         policies = resources[function_name]["Properties"]["Policies"]
         granted = _policy_templates(policies, "AWSSecretsManagerGetSecretValuePolicy")
-        assert granted == [{"SecretArn": secret_arn}], function_name
+        expected = [{"SecretArn": secret_arn}]
+        if function_name in REDIS_FUNCTIONS:
+            expected.append(redis_secret)
+        assert granted == expected, function_name
     # AND the platform-application function reads only the APNs/FCM secrets, if given
     platform_policies = resources["PlatformApplicationFunction"]["Properties"]["Policies"]
     conditional = [p["Fn::If"] for p in platform_policies if isinstance(p, dict) and "Fn::If" in p]
@@ -312,7 +359,8 @@ def test_page_plan_bucket_is_encrypted_private_tls_only_and_expiring(
 
 def test_globals_give_every_function_its_configuration(template: dict[str, Any]) -> None:
     function_globals = template["Globals"]["Function"]
-    assert function_globals["Runtime"] == "python3.11"
+    assert function_globals["Runtime"] == "python3.13"
+    assert function_globals["Architectures"] == ["arm64"]
     assert function_globals["Handler"] == "app.lambda_handler"
     assert function_globals["Tracing"] == "Active"
     variables = function_globals["Environment"]["Variables"]
@@ -453,6 +501,7 @@ def test_api_function_knows_the_state_machine_platform_applications_and_schedule
         "SCHEDULER_ROLE_ARN": {"Fn::GetAtt": ["SchedulerRole", "Arn"]},
         "SCHEDULE_DLQ_ARN": {"Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"]},
         "MIN_RECURRENCE_MINUTES": {"Ref": "MinRecurrenceMinutes"},
+        "REDIS_SECRET_ARN": {"Ref": "RedisUrlSecret"},
     }
 
 
@@ -651,13 +700,23 @@ def test_cache_is_serverless_valkey_over_tls_in_the_private_subnets(
     assert props["SecurityGroupIds"] == [{"Ref": "CacheSecurityGroup"}]
     assert props["SubnetIds"]["Fn::If"][0] == "CreateNetwork"
     assert "DataStorage" in props["CacheUsageLimits"]
-    # ElastiCache Serverless speaks TLS only: the URL says rediss://.
-    variables = template["Globals"]["Function"]["Environment"]["Variables"]
-    created, given = variables["REDIS_URL"]["Fn::If"][1:]
-    assert variables["REDIS_URL"]["Fn::If"][0] == "CreateCache"
+    # ElastiCache Serverless speaks TLS only: the URL says rediss://. It lives in a secret
+    # (RedisUrl may carry a password), never in a function's environment.
+    secret = resources["RedisUrlSecret"]["Properties"]["SecretString"]
+    created, given = secret["Fn::If"][1:]
+    assert secret["Fn::If"][0] == "CreateCache"
     assert created == {"Fn::Sub": "rediss://${Cache.Endpoint.Address}:${Cache.Endpoint.Port}"}
     assert given == {"Ref": "RedisUrl"}
     assert template["Parameters"]["RedisUrl"]["NoEcho"] is True
+    for name, function in _of_type(resources, "AWS::Serverless::Function").items():
+        own = function["Properties"].get("Environment", {}).get("Variables", {})
+        assert "REDIS_URL" not in {
+            **template["Globals"]["Function"]["Environment"]["Variables"],
+            **own,
+        }
+        assert ("REDIS_SECRET_ARN" in own) == (name in REDIS_FUNCTIONS), name
+        if name in REDIS_FUNCTIONS:
+            assert own["REDIS_SECRET_ARN"] == {"Ref": "RedisUrlSecret"}
 
 
 @pytest.mark.parametrize("function_name", STACK_FUNCTIONS)
@@ -890,13 +949,6 @@ def test_platform_applications_are_created_from_secrets_or_passed_in(
         assert {"Fn::Equals": [{"Ref": parameter}, ""]} in template["Conditions"][condition][
             "Fn::And"
         ]
-    (statement,) = _inline_statements(
-        [p for p in resources["PlatformApplicationFunction"]["Properties"]["Policies"]][:1]
-    )
-    assert statement["Resource"] == {
-        "Fn::Sub": "arn:${AWS::Partition}:sns:${AWS::Region}:${AWS::AccountId}"
-        ":app/*/${AWS::StackName}-*"
-    }
 
 
 def test_token_lifecycle_follows_the_endpoint_events_and_loses_none(
@@ -1061,3 +1113,260 @@ def test_dashboard_body_is_json_and_shows_every_alarm(resources: dict[str, Any])
     assert shown == unconditional
     assert len(alarm_widget["properties"]["alarms"]) == len(unconditional)
     assert set(variables) == {"Namespace", "DatabaseInstance"}
+
+
+# -- what a real deploy needs (issue 14, part 4) ------------------------------------
+
+LAYER_REQUIREMENTS = REPO_ROOT / "layers" / "shared" / "requirements.txt"
+
+
+def _pins(requirements: Path) -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in requirements.read_text(encoding="utf-8").splitlines():
+        requirement = line.split("#", 1)[0].strip()
+        if requirement:
+            name, _, version = requirement.partition("==")
+            pins[re.sub(r"\[.*\]", "", name).lower()] = version
+    return pins
+
+
+def test_layer_ships_boto3_with_the_botocore_it_was_released_with() -> None:
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    pins = _pins(LAYER_REQUIREMENTS)
+    # aws-xray-sdk brings botocore into the layer, ahead of the runtime's boto3 on the
+    # path: the layer ships boto3 too, both pinned, the pair this suite runs on.
+    assert pins["boto3"] and pins["botocore"], "boto3 and botocore are pinned (==)"
+    assert pins["boto3"] == metadata.version("boto3")
+    assert pins["botocore"] == metadata.version("botocore")
+    wanted = [
+        Requirement(r)
+        for r in metadata.requires("boto3") or []
+        if Requirement(r).name == "botocore"
+    ]
+    assert wanted and all(pins["botocore"] in r.specifier for r in wanted)
+    assert "botocore" in {Requirement(r).name for r in metadata.requires("aws-xray-sdk") or []}, (
+        "if aws-xray-sdk stops bringing botocore, the layer may ship neither"
+    )
+
+
+LAMBDA_SERVICE_ERRORS = {
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+    # Step Functions' own name for a Lambda call that timed out on the client side.
+    "Lambda.ClientExecutionTimeoutException",
+}
+# A VPC function's network interfaces not there yet, or EC2 throttling their creation.
+LAMBDA_VPC_ERRORS = {
+    "Lambda.ResourceNotReadyException",
+    "Lambda.EC2ThrottledException",
+    "Lambda.EC2UnexpectedException",
+    "Lambda.ENILimitReachedException",
+    "Lambda.ENINotReadyException",
+    "Lambda.SubnetIPAddressLimitReachedException",
+}
+
+
+def _task_states(states: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, state in states.items():
+        if state["Type"] == "Task":
+            yield name, state
+        for key in ("Iterator", "ItemProcessor"):
+            if key in state:
+                yield from _task_states(state[key]["States"])
+        for branch in state.get("Branches", []):
+            yield from _task_states(branch["States"])
+
+
+def test_every_task_retries_lambda_service_and_vpc_errors_with_backoff_and_jitter(
+    state_machine: dict[str, Any],
+) -> None:
+    import botocore.session
+
+    asl = json.loads((REPO_ROOT / state_machine["DefinitionUri"]).read_text(encoding="utf-8"))
+    tasks = dict(_task_states(asl["States"]))
+    assert len(tasks) == len(TASK_FUNCTIONS) + 1  # RecordSendFailure runs Finalize too
+    for name, task in tasks.items():
+        retried = {e for retrier in task["Retry"] for e in retrier["ErrorEquals"]}
+        assert retried >= LAMBDA_SERVICE_ERRORS | LAMBDA_VPC_ERRORS, name
+        for retrier in task["Retry"]:
+            if set(retrier["ErrorEquals"]) & (LAMBDA_SERVICE_ERRORS | LAMBDA_VPC_ERRORS):
+                assert retrier["BackoffRate"] > 1, name
+                assert retrier["JitterStrategy"] == "FULL", name
+                assert retrier["MaxAttempts"] >= 3, name
+    # The names are Lambda's: Invoke's errors in botocore's model, as Step Functions
+    # prefixes them (the first three of the service list are Step Functions' own).
+    invoke = botocore.session.get_session().get_service_model("lambda").operation_model("Invoke")
+    modelled = {f"Lambda.{shape.name}" for shape in invoke.error_shapes}
+    assert modelled >= LAMBDA_VPC_ERRORS
+    assert {"Lambda.ServiceException", "Lambda.TooManyRequestsException"} <= modelled
+
+
+def test_proxy_gives_up_on_a_connection_before_the_database_functions_time_out(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    from pushflow.adapters.postgres import ConnectionParams
+
+    borrow = resources["DatabaseProxyTargetGroup"]["Properties"]["ConnectionPoolConfigurationInfo"][
+        "ConnectionBorrowTimeout"
+    ]
+    default_timeout = template["Globals"]["Function"]["Timeout"]
+    shortest = min(
+        resources[f]["Properties"].get("Timeout", default_timeout) for f in DATABASE_FUNCTIONS
+    )
+    # The task hears the proxy's error (and the ASL retries it) instead of being killed.
+    assert borrow < shortest
+    socket_timeout = ConnectionParams("u", None, "d", host="h").driver_kwargs()["timeout"]
+    assert borrow < socket_timeout
+
+
+def _resolver(stack_name: str, parameters: dict[str, str] | None = None) -> Any:
+    from pushflow_local.template import Resolver, Template
+
+    template = Template(TEMPLATE_PATH)
+    return Resolver(
+        template,
+        {**template.parameter_defaults(), **(parameters or {})},
+        refs={},
+        attributes={},
+        pseudo={
+            "AWS::StackName": stack_name,
+            "AWS::Region": "eu-west-1",
+            "AWS::AccountId": "123456789012",
+            "AWS::Partition": "aws",
+            "AWS::NoValue": "",
+        },
+    )
+
+
+def _sns_resources(resources: dict[str, Any], function: str, resolver: Any) -> list[str]:
+    policies = resources[function]["Properties"]["Policies"]
+    arns: list[str] = []
+    for statement in _inline_statements(policies):
+        if any(str(a).startswith("sns:") for a in _as_list(statement["Action"])):
+            arns += [a for a in _as_list(resolver.resolve(statement["Resource"])) if a]
+    return arns
+
+
+def _allows(patterns: list[str], arn: str) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatchcase(arn, pattern) for pattern in patterns)
+
+
+@pytest.mark.parametrize(
+    "function_name", ["PublishBatchFunction", "ApiFunction", "DeviceSweepFunction"]
+)
+def test_sns_endpoint_actions_reach_only_this_stacks_platform_applications(
+    resources: dict[str, Any], function_name: str
+) -> None:
+    def endpoint(application: str) -> str:
+        return f"arn:aws:sns:eu-west-1:123456789012:endpoint/{application}/0f1e2d3c-4b5a"
+
+    # GIVEN the stack pushflow-dev with its own applications and an existing FCM one
+    given = "arn:aws:sns:eu-west-1:123456789012:app/GCM/legacy-android"
+    resolver = _resolver("pushflow-dev", {"FcmPlatformApplicationArn": given})
+    allowed = _sns_resources(resources, function_name, resolver)
+
+    # THEN its endpoints, and the given application's, are reachable
+    for own in ("APNS/pushflow-dev-ios", "APNS_SANDBOX/pushflow-dev-ios-sandbox"):
+        assert _allows(allowed, endpoint(own)), own
+    assert _allows(allowed, endpoint("GCM/legacy-android"))
+    # AND no other stack's, even one whose name starts with this one's, nor any other app's
+    for foreign in ("APNS/pushflow-dev2-ios", "APNS/pushflow-ios", "GCM/pushflow-dev-android2"):
+        assert not _allows(allowed, endpoint(foreign)), foreign
+    assert not _allows(allowed, "arn:aws:sns:eu-west-1:123456789012:endpoint/GCM/other/x")
+
+
+def test_platform_application_function_manages_exactly_the_stacks_three_applications(
+    resources: dict[str, Any],
+) -> None:
+    allowed = _sns_resources(resources, "PlatformApplicationFunction", _resolver("pushflow"))
+    app = "arn:aws:sns:eu-west-1:123456789012:app"
+    assert sorted(allowed) == sorted(
+        [
+            f"{app}/APNS/pushflow-ios",
+            f"{app}/APNS_SANDBOX/pushflow-ios-sandbox",
+            f"{app}/GCM/pushflow-android",
+        ]
+    )
+    assert not _allows(allowed, f"{app}/APNS/pushflow-dev-ios")
+
+
+# AWS's limits on the names derived from the stack's (CloudFormation resource schemas,
+# and the ElastiCache console for serverless caches, whose API reference gives none).
+NAME_LIMITS = {
+    ("AWS::ElastiCache::ServerlessCache", "ServerlessCacheName"): 40,
+    ("AWS::RDS::DBProxy", "DBProxyName"): 63,
+    ("AWS::Serverless::StateMachine", "Name"): 80,
+    ("AWS::Scheduler::ScheduleGroup", "Name"): 64,
+    ("AWS::Serverless::LayerVersion", "LayerName"): 140,
+    ("AWS::Cognito::UserPool", "UserPoolName"): 128,
+    ("AWS::Cognito::UserPoolClient", "ClientName"): 128,
+    ("AWS::Logs::LogGroup", "LogGroupName"): 512,
+    ("AWS::CloudWatch::Dashboard", "DashboardName"): 255,
+    ("AWS::KMS::Alias", "AliasName"): 256,
+    ("Custom::PlatformApplication", "Name"): 256,
+}
+
+
+def test_stack_names_that_would_overflow_a_resource_name_are_refused_first(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    check = resources["StackNameCheck"]
+    pattern = re.compile(check["Properties"]["AllowedPattern"])
+    assert check["Properties"]["Value"] == {"Ref": "AWS::StackName"}
+    longest = "p" + "x" * 32 + "d"
+    assert pattern.fullmatch(longest)
+    # GIVEN the longest name the check admits, every derived name fits AWS's limit
+    resolver = _resolver(longest)
+    checked = set()
+    for name, resource in resources.items():
+        for (kind, prop), limit in NAME_LIMITS.items():
+            value = resource.get("Properties", {}).get(prop)
+            if resource["Type"] == kind and value is not None:
+                derived = str(resolver.resolve(value))
+                assert len(derived) <= limit, f"{name}.{prop}: {derived!r} is over {limit}"
+                checked.add(kind)
+    assert checked == {kind for kind, _ in NAME_LIMITS}
+    # AND one character more, or a double or trailing hyphen (RDS and ElastiCache refuse
+    # them), is refused by the check, which the tightly named resources wait for
+    for refused in (longest + "x", "pushflow--dev", "pushflow-", "9pushflow", ""):
+        assert not pattern.fullmatch(refused), refused
+    for name in (
+        "Cache",
+        "DatabaseProxy",
+        "Database",
+        "SendNotificationStateMachine",
+        "SendScheduleGroup",
+    ):
+        assert resources[name]["DependsOn"] == "StackNameCheck", name
+    # AND the stacks samconfig.toml deploys pass it
+    import tomllib
+
+    config = tomllib.loads((REPO_ROOT / "samconfig.toml").read_text(encoding="utf-8"))
+    for environment in config.values():
+        if isinstance(environment, dict) and "global" in environment:
+            assert pattern.fullmatch(environment["global"]["parameters"]["stack_name"])
+
+
+def test_local_runtime_invokes_the_aliases_the_deployed_state_machine_names(runtime: Any) -> None:
+    definition = runtime.client("stepfunctions").describe_state_machine(
+        stateMachineArn=runtime.state_machine_arn
+    )["definition"]
+    lambda_client = runtime.client("lambda")
+    for function_name in TASK_FUNCTIONS:
+        name = runtime.functions[function_name].name
+        alias = lambda_client.get_alias(FunctionName=name, Name="live")
+        assert f'"{alias["AliasArn"]}"' in definition, function_name
+    assert (
+        '"arn:aws:lambda:us-east-1:123456789012:function:pushflow-local-PrepareFunction"'
+        not in (definition)
+    )
+    # An alias the function does not have is refused, as Lambda would.
+    with pytest.raises(LookupError, match="no alias or version"):
+        runtime._run(f"{runtime.functions['PrepareFunction'].arn}:staging", "{}")
