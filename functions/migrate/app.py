@@ -26,7 +26,7 @@ def apply_schema(
 ) -> CustomResourceResult:
     if request.request_type == "Delete":
         return CustomResourceResult(request.physical_resource_id or SCHEMA_ID)
-    report = apply_migrations(services.repository, migrations_dir)
+    report = apply_migrations(services.schema_repository, migrations_dir)
     return CustomResourceResult(
         SCHEMA_ID,
         {"Applied": ",".join(report.applied) or "none", "Version": report.latest},

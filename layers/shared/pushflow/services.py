@@ -44,6 +44,18 @@ class Services:
 
     @cached_property
     def repository(self) -> Repository:
+        """Deployed, it refuses a schema older than the code (`sam sync` skips the
+        migrations); locally the runtime applies them at start."""
+        from pushflow.adapters.postgres import SCHEMA_VERSION, Repository
+
+        deployed = not self.settings.database_url
+        return Repository.from_settings(
+            self.settings, expected_schema=SCHEMA_VERSION if deployed else None
+        )
+
+    @cached_property
+    def schema_repository(self) -> Repository:
+        """What MigrateFunction migrates with: it brings the schema, so it checks none."""
         from pushflow.adapters.postgres import Repository
 
         return Repository.from_settings(self.settings)
@@ -107,6 +119,8 @@ class Services:
     def close(self) -> None:
         if "repository" in self.__dict__:
             self.repository.close()
+        if "schema_repository" in self.__dict__:
+            self.schema_repository.close()
         if "store" in self.__dict__:
             self.store.close()
         if "publisher" in self.__dict__:

@@ -27,7 +27,7 @@ import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
 from pushflow.config import Settings
-from pushflow.domain.errors import Conflict, NotFound, TransientDatabaseError
+from pushflow.domain.errors import Conflict, NotFound, PushflowError, TransientDatabaseError
 from pushflow.domain.models import (
     DeliveryResult,
     Device,
@@ -42,6 +42,10 @@ from pushflow.domain.models import (
 from pushflow.domain.ports import AttributeStats
 from pushflow.domain.rules import DEFAULT_PREFERENCES, Preferences
 
+# The newest migration this code was written for (a test keeps it equal to the
+# newest file in migrations/). Deployed functions refuse an older schema.
+SCHEMA_VERSION = "0003_schedules"
+
 # SQLSTATE classes worth a retry: connection exceptions, operator intervention
 # (shutdown, admin terminate), insufficient resources, serialization/deadlock.
 _TRANSIENT_SQLSTATE_PREFIXES = ("08", "57", "53", "40")
@@ -55,6 +59,11 @@ _UNIQUE_VIOLATION = "23505"
 _MAX_STATEMENTS = 64
 # Sends whose unchanging part a process keeps (get_send).
 _MAX_SENDS_KEPT = 128
+
+
+class SchemaBehind(PushflowError):
+    """The database lacks a migration this code needs: the code was updated without
+    DatabaseSchema running (`sam sync` skips it). Not transient: deploy."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,8 +361,16 @@ _RECIPIENT_COLUMNS = "d.id, d.user_id, d.platform, d.sandbox, d.endpoint_arn, u.
 
 
 class Repository:
-    def __init__(self, connect: Callable[[], pg8000.native.Connection], max_idle: int = 8) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], pg8000.native.Connection],
+        max_idle: int = 8,
+        expected_schema: str | None = None,
+    ) -> None:
         self._connect = connect
+        # Checked on the first connection, then trusted for the process's life.
+        self.expected_schema = expected_schema
+        self._schema_checked = expected_schema is None
         # A small pool of idle connections, taken for each statement or
         # transaction and given back: a Lambda process keeps its one
         # connection warm, and local mode's many short-lived Map threads share
@@ -364,12 +381,12 @@ class Repository:
         self._sends: OrderedDict[str, Notification] = OrderedDict()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Repository:
+    def from_settings(cls, settings: Settings, expected_schema: str | None = None) -> Repository:
         if settings.database_url:
             params = ConnectionParams.from_url(settings.database_url)
         else:
             params = _params_from_secret(settings)
-        return cls(params.connect)
+        return cls(params.connect, expected_schema=expected_schema)
 
     # -- connections -------------------------------------------------------
 
@@ -378,9 +395,30 @@ class Repository:
             if self._idle:
                 return self._idle.pop()
         try:
-            return Connection(self._connect())
+            conn = Connection(self._connect())
         except Exception as error:
             raise TransientDatabaseError(f"cannot connect to PostgreSQL: {error}") from error
+        if not self._schema_checked:
+            self._check_schema(conn)
+        return conn
+
+    def _check_schema(self, conn: Connection) -> None:
+        """Refuse a schema older than the code (one query, on the process's first connection)."""
+        try:
+            exists = conn.run("SELECT to_regclass('schema_migrations') IS NOT NULL")[0][0]
+            rows = conn.run("SELECT max(version) FROM schema_migrations") if exists else [[None]]
+        except Exception as error:
+            _close_quietly(conn)
+            raise TransientDatabaseError(f"PostgreSQL: {error}") from error
+        found = rows[0][0]
+        if found is None or str(found) < str(self.expected_schema):
+            _close_quietly(conn)
+            raise SchemaBehind(
+                f"the database's schema is at {found or 'no migration'}, this code needs "
+                f"{self.expected_schema}: DatabaseSchema has not run its migrations "
+                "(sam sync skips it); deploy with sam deploy"
+            )
+        self._schema_checked = True
 
     def _checkin(self, conn: Connection) -> None:
         with self._lock:
