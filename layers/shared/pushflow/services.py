@@ -43,6 +43,13 @@ class Services:
             return session.client(service)
 
     @cached_property
+    def schema_repository(self) -> Repository:
+        """What MigrateFunction migrates with: it brings the schema, so it checks none."""
+        from pushflow.adapters.postgres import Repository
+
+        return Repository.from_settings(self.settings)
+
+    @cached_property
     def repository(self) -> Repository:
         """Deployed, it refuses a schema older than the code (`sam sync` skips the
         migrations); locally the runtime applies them at start."""
@@ -52,13 +59,6 @@ class Services:
         return Repository.from_settings(
             self.settings, expected_schema=SCHEMA_VERSION if deployed else None
         )
-
-    @cached_property
-    def schema_repository(self) -> Repository:
-        """What MigrateFunction migrates with: it brings the schema, so it checks none."""
-        from pushflow.adapters.postgres import Repository
-
-        return Repository.from_settings(self.settings)
 
     @cached_property
     def store(self) -> RecipientStore:
@@ -117,10 +117,10 @@ class Services:
         return Workflow(self._client("stepfunctions"), self.settings.require("state_machine_arn"))
 
     def close(self) -> None:
-        if "repository" in self.__dict__:
-            self.repository.close()
         if "schema_repository" in self.__dict__:
             self.schema_repository.close()
+        if "repository" in self.__dict__:
+            self.repository.close()
         if "store" in self.__dict__:
             self.store.close()
         if "publisher" in self.__dict__:
