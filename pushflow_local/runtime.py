@@ -39,6 +39,7 @@ from zoneinfo import ZoneInfo
 import boto3
 
 from pushflow.clock import MovableClock
+from pushflow_local.sandbox import SandboxTimedOut, run_until
 from pushflow_local.servers import LocalServers
 from pushflow_local.template import REPO_ROOT, FunctionSpec, Resolver, Template
 
@@ -55,7 +56,8 @@ PLATFORMS = {
 
 @dataclass
 class LambdaContext:
-    """What Lambda passes as `context`, enough for Powertools."""
+    """What Lambda passes as `context`, enough for Powertools; its remaining time
+    counts down from the function's Timeout."""
 
     function_name: str
     invoked_function_arn: str
@@ -75,8 +77,13 @@ class LocalFunction:
     spec: FunctionSpec
     name: str
     arn: str
+    # The template's Timeout unless a test shortens it (LocalRuntime.function_timeouts).
+    timeout: float = 0.0
     _module: ModuleType | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.timeout = self.timeout or self.spec.timeout
 
     def handler(self) -> Callable[[Any, Any], Any]:
         module_name, attribute = self.spec.handler.rsplit(".", 1)
@@ -94,8 +101,14 @@ class LocalFunction:
         return handler
 
     def invoke(self, event: Any) -> Any:
-        context = LambdaContext(self.name, self.arn, deadline=time.monotonic() + self.spec.timeout)
-        return self.handler()(event, context)
+        """The handler's result, or its exception; SandboxTimedOut when it overruns its
+        Timeout, at which point it is stopped as Lambda stops a sandbox."""
+        handler = self.handler()
+        timeout = self.timeout
+        context = LambdaContext(self.name, self.arn, deadline=time.monotonic() + timeout)
+        return run_until(
+            lambda: handler(event, context), timeout, context.aws_request_id, name=self.name
+        )
 
 
 def _as_utc(value: Any) -> datetime:
@@ -580,17 +593,35 @@ class LocalRuntime:
             result = function.invoke(event)
         except Exception as error:
             self.failures.setdefault(function.spec.logical_id, []).append(error)
-            failure = {
-                "errorType": type(error).__name__,
-                "errorMessage": str(error),
-                "stackTrace": traceback.format_exception(error)[-3:],
-            }
+            failure: dict[str, Any]
+            if isinstance(error, SandboxTimedOut):
+                # What Lambda answers for a timeout: no stack, the sandbox is gone.
+                failure = {"errorType": error.error_type, "errorMessage": str(error)}
+            else:
+                failure = {
+                    "errorType": type(error).__name__,
+                    "errorMessage": str(error),
+                    "stackTrace": traceback.format_exception(error)[-3:],
+                }
             return json.dumps(failure), "Unhandled"
         return json.dumps(result), None
 
     def invoke(self, logical_id: str, event: Any) -> Any:
         """Run a function's handler with the template's environment (`pushflow invoke`)."""
         return self.functions[logical_id].invoke(event)
+
+    @contextlib.contextmanager
+    def function_timeouts(self, seconds: Mapping[str, float]) -> Iterator[None]:
+        """Functions (by logical id) given another Timeout for a while: the same
+        context countdown and the same stop at the deadline, sooner (tests)."""
+        previous = {logical_id: self.functions[logical_id].timeout for logical_id in seconds}
+        for logical_id, timeout in seconds.items():
+            self.functions[logical_id].timeout = timeout
+        try:
+            yield
+        finally:
+            for logical_id, timeout in previous.items():
+                self.functions[logical_id].timeout = timeout
 
     # -- executions ----------------------------------------------------------
 
