@@ -39,6 +39,7 @@ from zoneinfo import ZoneInfo
 import boto3
 
 from pushflow.clock import MovableClock
+from pushflow_local import step_functions_limits
 from pushflow_local.sandbox import SandboxTimedOut, run_until
 from pushflow_local.servers import LocalServers
 from pushflow_local.template import REPO_ROOT, FunctionSpec, Resolver, Template
@@ -196,6 +197,8 @@ class LocalRuntime:
         self._redis_url = redis_url
         self._parameter_overrides = dict(parameters or {})
         self.retry_sleep_scale = retry_sleep_scale
+        # Events per execution before Step Functions fails it; read as each starts.
+        self.history_event_limit = step_functions_limits.HISTORY_EVENT_LIMIT
         # Virtual time: a Wait state moves the clock forward instead of sleeping.
         self.virtual_time = virtual_time
         self.clock = MovableClock()
@@ -294,6 +297,7 @@ class LocalRuntime:
         setattr(retrier_decl, "time", _ScaledSleep(self.retry_sleep_scale))  # noqa: B010
         self._stack.callback(setattr, retrier_decl, "time", original_time)
         self._patch_wait_states()
+        step_functions_limits.enforce(self._stack, lambda: self.history_event_limit)
         self._invoke_task_functions_directly()
         self._copy_state_data_faster()
         self._parse_each_json_path_once()
@@ -491,6 +495,7 @@ class LocalRuntime:
             definition = machine.definition_path.read_text()
             for name, value in resolver.resolve(dict(machine.substitutions)).items():
                 definition = definition.replace("${" + name + "}", str(value))
+            definition = step_functions_limits.readable_by_moto(definition)
             arn = sfn.create_state_machine(
                 name=f"{STACK}-{machine.logical_id}", definition=definition, roleArn=role
             )["stateMachineArn"]
