@@ -82,7 +82,9 @@ class TaskHandler:
         @tracer.capture_lambda_handler(capture_response=False)
         @logger.inject_lambda_context(clear_state=True)
         def entry(event: Any, context: Any) -> Any:
-            logger.append_keys(**correlation_ids(event))
+            # Per invocation, not process-wide: locally Map iterations invoke at once.
+            logger.thread_safe_clear_keys()
+            logger.thread_safe_append_keys(**correlation_ids(event))
             token = _deadline.set(Deadline.of(context))
             try:
                 return handle(event, current_services())
