@@ -36,10 +36,12 @@ def test_every_moto_internal_the_limits_replace_is_where_they_expect_it() -> Non
     map_run_record = importlib.import_module(f"{itemprocessor.__name__}.map_run_record")
 
     worker = map_worker.DistributedItemProcessorWorker
+    before = vars(worker)["_eval_job"]  # moto's, or a running runtime's
     with contextlib.ExitStack() as stack:
         limits.enforce(stack, lambda: 25_000)  # KeyError if a replaced attribute moved
+        assert vars(worker)["_eval_job"] is not before
         assert vars(worker)["_eval_job"].__module__ == limits.__name__
-    assert vars(worker)["_eval_job"].__module__ == map_worker.__name__  # put back
+    assert vars(worker)["_eval_job"] is before  # put back
 
     # What the tolerance check reads on a Map Run's worker, its job pool and record.
     assert "_map_run_record" in vars(worker)["__init__"].__code__.co_names
