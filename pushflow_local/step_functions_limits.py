@@ -17,7 +17,7 @@ tests/unit/test_step_functions_limits.py fails loudly if those internals move):
   children did; AWS fails the Map Run with `States.ExceedToleratedFailureThreshold`
   once the failed (or timed-out) children exceed `ToleratedFailureCount` or
   `ToleratedFailurePercentage` of all items (both 0 by default: one failed
-  child fails it), and starts no more children.
+  child fails it), starts no more children and aborts those running.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import contextlib
 import json
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from moto.stepfunctions.parser.api import (
@@ -63,9 +64,7 @@ PAYLOAD_LIMIT_BYTES = 262_144
 HISTORY_EVENT_LIMIT = 25_000
 
 DATA_LIMIT_EXCEEDED = StatesErrorNameType.StatesStatesDataLimitExceeded.to_name()
-EXCEED_TOLERATED_FAILURE_THRESHOLD = (
-    StatesErrorNameType.StatesExceedToleratedFailureThreshold.to_name()
-)
+EXCEED_TOLERATED = StatesErrorNameType.StatesExceedToleratedFailureThreshold.to_name()
 STATES_ALL = StatesErrorNameType.StatesALL.to_name()
 STATES_RUNTIME = StatesErrorNameType.StatesRuntime.to_name()
 
@@ -257,6 +256,26 @@ def _enforce_history_limit(
     _replace(stack, worker_class, "_get_evaluation_environment", evaluation_environment)
 
 
+class _RunningChildren:
+    """The children of one Map Run under way: aborted when the Map Run fails."""
+
+    _attach_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.envs: set[Any] = set()
+        self.map_run_failed = False
+
+    @classmethod
+    def of(cls, map_run_record: Any) -> _RunningChildren:
+        with cls._attach_lock:
+            running: _RunningChildren | None = getattr(map_run_record, "_pushflow_running", None)
+            if running is None:
+                running = cls()
+                map_run_record._pushflow_running = running
+            return running
+
+
 def _enforce_tolerated_failure(
     stack: contextlib.ExitStack, history_event_limit: Callable[[], int]
 ) -> None:
@@ -264,10 +283,19 @@ def _enforce_tolerated_failure(
     original_job = vars(worker_class)["_eval_job"]
 
     def eval_job(worker: Any, env: Any, job: Any) -> None:
+        record = worker._map_run_record
+        running = _RunningChildren.of(record)
+        with running.lock:
+            if running.map_run_failed:
+                return  # taken from the pool as the Map Run failed: never started
+            running.envs.add(env)
         # A child execution: its own history, with its own limit.
         limit_history(env, history_event_limit())
-        original_job(worker, env, job)
-        record = worker._map_run_record
+        try:
+            original_job(worker, env, job)
+        finally:
+            with running.lock:
+                running.envs.discard(env)
         failed = record.item_counter.failed.get() + record.item_counter.timed_out.get()
         total = worker._job_pool._jobs_number
         if not exceeds_tolerated_failure(
@@ -279,6 +307,13 @@ def _enforce_tolerated_failure(
             f" {record.tolerated_failure_count} items or"
             f" {record.tolerated_failure_percentage:g}%."
         )
+        with running.lock:
+            running.map_run_failed = True
+            others = list(running.envs)
+        # The children still running are aborted, as AWS aborts them: each stops at
+        # its next state (a Lambda invocation under way still ends).
+        for other in others:
+            other.set_stop(stop_date=datetime.now(UTC), cause=cause, error=EXCEED_TOLERATED)
         # An exception as a job's output ends the pool: no further child starts.
         job.job_output = FailureEventException(
             failure_event=FailureEvent(
@@ -289,7 +324,7 @@ def _enforce_tolerated_failure(
                 event_type=HistoryEventType.MapRunFailed,
                 event_details=_event_details(
                     mapRunFailedEventDetails=MapRunFailedEventDetails(
-                        error=EXCEED_TOLERATED_FAILURE_THRESHOLD, cause=cause
+                        error=EXCEED_TOLERATED, cause=cause
                     )
                 ),
             )

@@ -17,10 +17,19 @@ from typing import Any
 
 import pytest
 
+from pushflow.domain import sending
 from pushflow.domain.models import PageRef
+from pushflow.validation import validate
 from pushflow_local.runtime import LocalRuntime
 from pushflow_local.seed import seed_users, varied_users
-from tests.e2e.test_send import SAMPLE_REQUEST, deliveries, send, unique_prefix
+from tests.e2e.test_send import (
+    SAMPLE_REQUEST,
+    SEND_TIMEOUT_SECONDS,
+    deliveries,
+    send,
+    sns_messages,
+    unique_prefix,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -104,8 +113,9 @@ def test_a_function_that_overruns_its_timeout_fails_as_sandbox_timedout_and_stop
 def test_a_publish_that_overruns_its_timeout_once_is_retried_by_its_timeout_name(
     clean_runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # GIVEN a send whose first PublishBatch hangs past a 0.3 s Timeout before it
-    # claims or pushes anything (its first read), and later ones do not
+    # GIVEN a send whose first PublishBatch hangs past a 2 s Timeout before it claims
+    # or pushes anything (its first read), and later ones do not (2 s: a real
+    # publish must fit in it on a busy machine)
     devices = seed_users(clean_runtime, varied_users(3, prefix=unique_prefix()))
     repository = clean_runtime.services.repository
     publish_batch = clean_runtime.functions["PublishBatchFunction"]
@@ -116,18 +126,18 @@ def test_a_publish_that_overruns_its_timeout_once_is_retried_by_its_timeout_name
         if threading.current_thread().name == publish_batch.name:
             publish_reads.append(time.monotonic())
             if len(publish_reads) == 1:
-                SlowResolve(5.0)()
+                SlowResolve(30.0)()
         return read(*args, **kwargs)
 
     monkeypatch.setattr(repository, "get_notification", hangs_once_in_publish_batch)
 
-    # WHEN the send runs with PublishBatch's Timeout at 0.3 s
-    with clean_runtime.function_timeouts({"PublishBatchFunction": 0.3}):
+    # WHEN the send runs with PublishBatch's Timeout at 2 s
+    with clean_runtime.function_timeouts({"PublishBatchFunction": 2.0}):
         notification, execution = send(clean_runtime, SAMPLE_REQUEST)
 
     # THEN the overrun was a timeout, and the ASL retried it by Sandbox.Timedout
     [timed_out] = clean_runtime.failures["PublishBatchFunction"]
-    assert str(timed_out).endswith("Error: Task timed out after 0.30 seconds")
+    assert str(timed_out).endswith("Error: Task timed out after 2.00 seconds")
     assert len(publish_reads) == 2
     assert execution["status"] == "SUCCEEDED"
     assert notification.status.value == "completed"
@@ -151,6 +161,11 @@ def test_the_sweep_reads_its_remaining_time_from_the_lambda_context(
 # -- Step Functions: a Map Run's tolerated failure -----------------------------------------
 
 
+def page_of(args: Any, kwargs: Any) -> PageRef:
+    page: PageRef = next(a for a in [*args, *kwargs.values()] if isinstance(a, PageRef))
+    return page
+
+
 def pages_that_cannot_be_recorded(
     runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch, failing_pages: set[int]
 ) -> None:
@@ -161,13 +176,13 @@ def pages_that_cannot_be_recorded(
     unreadable, unrecordable = error_named("PageUnreadable"), error_named("PageUnrecordable")
 
     def resolve_page(*args: Any, **kwargs: Any) -> Any:
-        page = next(a for a in [*args, *kwargs.values()] if isinstance(a, PageRef))
+        page = page_of(args, kwargs)
         if page.number in failing_pages:
             raise unreadable(f"page {page.number}")
         return read(*args, **kwargs)
 
     def record_page_failure(*args: Any, **kwargs: Any) -> Any:
-        page = next(a for a in [*args, *kwargs.values()] if isinstance(a, PageRef))
+        page = page_of(args, kwargs)
         if page.number in failing_pages:
             raise unrecordable(f"page {page.number}")
         return record(*args, **kwargs)
@@ -182,38 +197,61 @@ def small_pages(runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch) -> int:
     return 10
 
 
-def test_a_map_run_past_its_tolerated_failure_fails_the_send(
+def test_a_map_run_past_its_tolerated_failure_fails_the_send_and_aborts_its_children(
     clean_runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # GIVEN a three-page send whose page 1 can neither be read nor recorded failed
+    # GIVEN a three-page send whose page 1 can neither be read nor recorded failed,
+    # while pages 0 and 2 are still being read when the Map Run fails
     page_size = small_pages(clean_runtime, monkeypatch)
     devices = seed_users(clean_runtime, varied_users(20, prefix=unique_prefix()))
     assert 2 * page_size < len(devices) <= 3 * page_size
     pages_that_cannot_be_recorded(clean_runtime, monkeypatch, {1})
+    repository = clean_runtime.services.repository
+    read = repository.resolve_page
+    started: list[str] = []
+
+    def read_after_the_map_run_failed(*args: Any, **kwargs: Any) -> Any:
+        if page_of(args, kwargs).number != 1:
+            assert wait_until(
+                lambda: bool(started) and map_run(clean_runtime, started[0])["status"] == "FAILED"
+            ), "the Map Run did not fail"
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(repository, "resolve_page", read_after_the_map_run_failed)
 
     # WHEN the send runs
-    notification, execution = send(clean_runtime, SAMPLE_REQUEST)
+    notification, created = sending.submit(
+        validate("SendRequest", SAMPLE_REQUEST), repository, clean_runtime.services.workflow
+    )
+    assert created and notification.execution_arn
+    started.append(notification.execution_arn)
+    execution = clean_runtime.wait(notification.execution_arn, timeout=SEND_TIMEOUT_SECONDS)
 
-    # THEN one failed child of three is over FanOut's 10%: the Map Run failed
-    # (children already running go on, as on AWS until they are aborted: wait for them)
+    # THEN one failed child of three is over FanOut's 10%: the Map Run failed, and
+    # aborted the two children still running (they stop at their next state)
     assert wait_until(
         lambda: map_run(clean_runtime, execution["executionArn"])["itemCounts"]["running"] == 0
     )
     run = map_run(clean_runtime, execution["executionArn"])
     assert run["status"] == "FAILED"
     assert run["toleratedFailurePercentage"] == 10.0
-    assert run["itemCounts"]["failed"] >= 1
+    assert (run["itemCounts"]["failed"], run["itemCounts"]["aborted"]) == (1, 2)
     # AND the Map state failed with the error AWS gives, caught into RecordSendFailure
     assert execution["status"] == "FAILED"
     assert execution["error"] == "SendFailed"
     history = clean_runtime.history(execution["executionArn"])
     [map_run_failed] = [e for e in history if e["type"] == "MapRunFailed"]
-    details = map_run_failed["mapRunFailedEventDetails"]
-    assert details["error"] == "States.ExceedToleratedFailureThreshold"
+    assert map_run_failed["mapRunFailedEventDetails"]["error"] == (
+        "States.ExceedToleratedFailureThreshold"
+    )
     assert "RecordSendFailure" in clean_runtime.state_path(execution["executionArn"])
-    assert notification.status.value == "failed"
-    assert notification.error is not None
-    assert notification.error.startswith("States.ExceedToleratedFailureThreshold: ")
+    finished = repository.get_notification(notification.id)
+    assert finished.status.value == "failed"
+    assert finished.error is not None
+    assert finished.error.startswith("States.ExceedToleratedFailureThreshold: ")
+    # AND the aborted pages pushed nothing and wrote nothing
+    assert deliveries(clean_runtime, notification.id) == {}
+    assert all(not messages for messages in sns_messages(d.endpoint_arn for d in devices).values())
 
 
 def test_a_map_run_within_its_tolerated_failure_completes_the_send(
