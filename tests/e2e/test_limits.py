@@ -22,6 +22,7 @@ from pushflow.domain.models import PageRef
 from pushflow.validation import validate
 from pushflow_local.runtime import LocalRuntime
 from pushflow_local.seed import seed_users, varied_users
+from pushflow_local.step_functions_limits import PAYLOAD_LIMIT_BYTES, payload_bytes
 from tests.e2e.test_send import (
     SAMPLE_REQUEST,
     SEND_TIMEOUT_SECONDS,
@@ -308,6 +309,57 @@ def test_an_oversize_task_result_fails_the_execution_with_data_limit_exceeded(
         e for e in clean_runtime.history(execution["executionArn"]) if e["type"] == "TaskFailed"
     ]
     assert failed["taskFailedEventDetails"]["error"] == "States.DataLimitExceeded"
+
+
+@pytest.mark.parametrize("over_by", [1, 0])
+def test_a_state_input_after_parameters_is_held_to_262144_bytes_exactly(
+    clean_runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch, over_by: int
+) -> None:
+    # GIVEN a page whose ResolveRecipients answer makes FilterRecipients' input after
+    # Parameters ({FunctionName, Payload}) 262,144 bytes plus `over_by`, while the
+    # answer itself, as Step Functions wraps it, stays within the limit
+    seed_users(clean_runtime, varied_users(3, prefix=unique_prefix()))
+    resolve = clean_runtime.functions[RESOLVE]
+    filter_arn = clean_runtime.functions["FilterRecipientsFunction"].arn
+    original_invoke = resolve.invoke
+    sizes: dict[str, int] = {}
+
+    def padded(event: Any) -> Any:
+        page = {**original_invoke(event), "padding": ""}
+        unpadded = payload_bytes({"FunctionName": filter_arn, "Payload": page})
+        page["padding"] = "x" * (PAYLOAD_LIMIT_BYTES + over_by - unpadded)
+        sizes["input"] = payload_bytes({"FunctionName": filter_arn, "Payload": page})
+        sizes["result"] = payload_bytes(
+            {"ExecutedVersion": "$LATEST", "Payload": page, "StatusCode": 200}
+        )
+        return page
+
+    monkeypatch.setattr(resolve, "invoke", padded)
+    invoked: list[str] = []
+    for logical_id in ("FilterRecipientsFunction", "RecordPageFailureFunction"):
+        function = clean_runtime.functions[logical_id]
+        monkeypatch.setattr(
+            function,
+            "invoke",
+            lambda event, _id=logical_id, _call=function.invoke: (
+                invoked.append(_id) or _call(event)
+            ),
+        )
+
+    # WHEN the send runs
+    _, execution = send(clean_runtime, SAMPLE_REQUEST)
+
+    # THEN the boundary is exact: 262,144 bytes pass to FilterRecipients, one more does not
+    assert sizes == {"input": PAYLOAD_LIMIT_BYTES + over_by, "result": sizes["result"]}
+    assert sizes["result"] <= PAYLOAD_LIMIT_BYTES
+    if over_by:
+        # AND over it, States.DataLimitExceeded passes the page's States.ALL Catch
+        # (RecordPageFailure never runs): the child fails, and so the Map Run
+        assert invoked == []
+        assert map_run(clean_runtime, execution["executionArn"])["itemCounts"]["failed"] == 1
+        assert execution["status"] == "FAILED"
+    else:
+        assert invoked[0] == "FilterRecipientsFunction"
 
 
 def test_the_history_limit_fails_an_execution_as_aws_does(
