@@ -39,6 +39,8 @@ from zoneinfo import ZoneInfo
 import boto3
 
 from pushflow.clock import MovableClock
+from pushflow_local import step_functions_limits
+from pushflow_local.sandbox import SandboxTimedOut, run_until
 from pushflow_local.servers import LocalServers
 from pushflow_local.template import REPO_ROOT, FunctionSpec, Resolver, Template
 
@@ -55,7 +57,8 @@ PLATFORMS = {
 
 @dataclass
 class LambdaContext:
-    """What Lambda passes as `context`, enough for Powertools."""
+    """What Lambda passes as `context`, enough for Powertools; its remaining time
+    counts down from the function's Timeout."""
 
     function_name: str
     invoked_function_arn: str
@@ -75,8 +78,13 @@ class LocalFunction:
     spec: FunctionSpec
     name: str
     arn: str
+    # The template's Timeout unless a test shortens it (LocalRuntime.function_timeouts).
+    timeout: float = 0.0
     _module: ModuleType | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.timeout = self.timeout or self.spec.timeout
 
     def handler(self) -> Callable[[Any, Any], Any]:
         module_name, attribute = self.spec.handler.rsplit(".", 1)
@@ -94,8 +102,14 @@ class LocalFunction:
         return handler
 
     def invoke(self, event: Any) -> Any:
-        context = LambdaContext(self.name, self.arn, deadline=time.monotonic() + self.spec.timeout)
-        return self.handler()(event, context)
+        """The handler's result, or its exception; SandboxTimedOut when it overruns its
+        Timeout, at which point it is stopped as Lambda stops a sandbox."""
+        handler = self.handler()
+        timeout = self.timeout
+        context = LambdaContext(self.name, self.arn, deadline=time.monotonic() + timeout)
+        return run_until(
+            lambda: handler(event, context), timeout, context.aws_request_id, name=self.name
+        )
 
 
 def _as_utc(value: Any) -> datetime:
@@ -183,6 +197,8 @@ class LocalRuntime:
         self._redis_url = redis_url
         self._parameter_overrides = dict(parameters or {})
         self.retry_sleep_scale = retry_sleep_scale
+        # Events per execution before Step Functions fails it; read as each starts.
+        self.history_event_limit = step_functions_limits.HISTORY_EVENT_LIMIT
         # Virtual time: a Wait state moves the clock forward instead of sleeping.
         self.virtual_time = virtual_time
         self.clock = MovableClock()
@@ -281,6 +297,7 @@ class LocalRuntime:
         setattr(retrier_decl, "time", _ScaledSleep(self.retry_sleep_scale))  # noqa: B010
         self._stack.callback(setattr, retrier_decl, "time", original_time)
         self._patch_wait_states()
+        step_functions_limits.enforce(self._stack, lambda: self.history_event_limit)
         self._invoke_task_functions_directly()
         self._copy_state_data_faster()
         self._parse_each_json_path_once()
@@ -485,6 +502,7 @@ class LocalRuntime:
             definition = machine.definition_path.read_text()
             for name, value in resolver.resolve(dict(machine.substitutions)).items():
                 definition = definition.replace("${" + name + "}", str(value))
+            definition = step_functions_limits.readable_by_moto(definition)
             arn = sfn.create_state_machine(
                 name=f"{STACK}-{machine.logical_id}", definition=definition, roleArn=role
             )["stateMachineArn"]
@@ -587,11 +605,16 @@ class LocalRuntime:
             result = function.invoke(event)
         except Exception as error:
             self.failures.setdefault(function.spec.logical_id, []).append(error)
-            failure = {
-                "errorType": type(error).__name__,
-                "errorMessage": str(error),
-                "stackTrace": traceback.format_exception(error)[-3:],
-            }
+            failure: dict[str, Any]
+            if isinstance(error, SandboxTimedOut):
+                # What Lambda answers for a timeout: no stack, the sandbox is gone.
+                failure = {"errorType": error.error_type, "errorMessage": str(error)}
+            else:
+                failure = {
+                    "errorType": type(error).__name__,
+                    "errorMessage": str(error),
+                    "stackTrace": traceback.format_exception(error)[-3:],
+                }
             return json.dumps(failure), "Unhandled"
         return json.dumps(result), None
 
@@ -607,6 +630,19 @@ class LocalRuntime:
     def invoke(self, logical_id: str, event: Any) -> Any:
         """Run a function's handler with the template's environment (`pushflow invoke`)."""
         return self.functions[logical_id].invoke(event)
+
+    @contextlib.contextmanager
+    def function_timeouts(self, seconds: Mapping[str, float]) -> Iterator[None]:
+        """Functions (by logical id) given another Timeout for a while: the same
+        context countdown and the same stop at the deadline, sooner (tests)."""
+        previous = {logical_id: self.functions[logical_id].timeout for logical_id in seconds}
+        for logical_id, timeout in seconds.items():
+            self.functions[logical_id].timeout = timeout
+        try:
+            yield
+        finally:
+            for logical_id, timeout in previous.items():
+                self.functions[logical_id].timeout = timeout
 
     # -- executions ----------------------------------------------------------
 

@@ -14,6 +14,7 @@ limited to "during ResolveRecipients", "page 1 only", and so on.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -37,12 +38,15 @@ class Invocation:
     page: int | None  # the page number of a Map iteration's event
 
 
-_current = threading.local()
+# A context variable, not a thread-local: the local runtime runs each handler on
+# its own thread (stopped at its Timeout) in a copy of the invoking context.
+_current: contextvars.ContextVar[Invocation | None] = contextvars.ContextVar(
+    "reliability_invocation", default=None
+)
 
 
 def current_invocation() -> Invocation | None:
-    invocation: Invocation | None = getattr(_current, "invocation", None)
-    return invocation
+    return _current.get()
 
 
 def _page_of(event: Any) -> int | None:
@@ -57,12 +61,11 @@ def _page_of(event: Any) -> int | None:
 
 @contextlib.contextmanager
 def _running(function: str, event: Any) -> Iterator[None]:
-    previous = current_invocation()
-    _current.invocation = Invocation(function, _page_of(event))
+    token = _current.set(Invocation(function, _page_of(event)))
     try:
         yield
     finally:
-        _current.invocation = previous
+        _current.reset(token)
 
 
 @contextlib.contextmanager

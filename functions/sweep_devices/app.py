@@ -1,35 +1,30 @@
 """DeviceSweepFunction: daily, remove devices disabled for longer than the retention.
 
-Their SNS endpoints are deleted too. A run stops 30 seconds before its timeout;
-the next run takes what is left.
+Their SNS endpoints are deleted too. A run stops 30 seconds before its timeout
+(the Lambda context's remaining time); the next run takes what is left.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 from pushflow.adapters.device_lifecycle import DeviceLifecycleStore
 from pushflow.domain import token_lifecycle
-from pushflow.handler import task
+from pushflow.handler import deadline, task
 from pushflow.observability import MetricUnit, logger, metrics
 from pushflow.services import Services
-
-# The function's timeout (template.yaml) less the time one batch may take.
-RUN_SECONDS = 240.0
 
 
 @task
 def lambda_handler(event: dict[str, Any], services: Services) -> dict[str, Any]:
-    started = time.monotonic()
     policy = token_lifecycle.SweepPolicy.from_env(os.environ)
     summary = token_lifecycle.sweep(
         DeviceLifecycleStore(services.repository),
         services.endpoints,
         now=services.clock.now(),
         policy=policy,
-        time_left=lambda: RUN_SECONDS - (time.monotonic() - started),
+        time_left=deadline().seconds_left,
     )
     if summary.endpoint_errors:
         logger.warning(

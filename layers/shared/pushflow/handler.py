@@ -2,17 +2,19 @@
 
 It adds what every task needs and none should repeat: the Lambda context and
 correlation ids (notification, page, execution) on every log line, tracing,
-metrics flushing, and the function's adapters, built lazily once per process
-and reused across invocations.
+metrics flushing, the function's adapters, built lazily once per process
+and reused across invocations, and the invocation's deadline (`deadline()`).
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from pushflow.deadline import NO_DEADLINE, Deadline
 from pushflow.domain.errors import PushflowError
 from pushflow.observability import logger, metrics, tracer
 from pushflow.services import Services
@@ -22,6 +24,10 @@ Result = TypeVar("Result")
 
 _lock = threading.Lock()
 _services: Services | None = None
+# Per invocation: Map iterations run functions on several threads at once locally.
+_deadline: contextvars.ContextVar[Deadline] = contextvars.ContextVar(
+    "pushflow_deadline", default=NO_DEADLINE
+)
 
 
 def current_services() -> Services:
@@ -40,6 +46,11 @@ def replace_services(services: Services | None) -> Services | None:
     with _lock:
         previous, _services = _services, services
     return previous
+
+
+def deadline() -> Deadline:
+    """The running invocation's deadline, from its Lambda context (none outside Lambda)."""
+    return _deadline.get()
 
 
 def correlation_ids(event: Event) -> dict[str, Any]:
@@ -71,7 +82,10 @@ class TaskHandler:
         @tracer.capture_lambda_handler(capture_response=False)
         @logger.inject_lambda_context(clear_state=True)
         def entry(event: Any, context: Any) -> Any:
-            logger.append_keys(**correlation_ids(event))
+            # Per invocation, not process-wide: locally Map iterations invoke at once.
+            logger.thread_safe_clear_keys()
+            logger.thread_safe_append_keys(**correlation_ids(event))
+            token = _deadline.set(Deadline.of(context))
             try:
                 return handle(event, current_services())
             except PushflowError as error:
@@ -80,6 +94,8 @@ class TaskHandler:
                     "task failed", extra={"error_type": type(error).__name__, "error": str(error)}
                 )
                 raise
+            finally:
+                _deadline.reset(token)
 
         return entry
 

@@ -480,9 +480,9 @@ def publish(
     writes = _PageWrites(notification.id, page, repository, markers, results)
     writes.take(publisher.publish(writes.pushes(recipients, claims, content), writes.write_early))
     # Durable before answering, and before asking for a retry: a function that
-    # times out or dies from here on is reported as `Lambda.Unknown`; once its
-    # retries are spent, RecordPageFailure writes `failed` only for devices
-    # without a row. RecordResults then has nothing left to write.
+    # times out (`Sandbox.Timedout`) or dies (`Lambda.Unknown`) from here on is
+    # retried; once its retries are spent, RecordPageFailure writes `failed`
+    # only for devices without a row. RecordResults then has nothing left to write.
     writes.write_rest()
     if writes.released:
         raise ThrottledError(
