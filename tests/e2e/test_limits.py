@@ -320,7 +320,9 @@ def test_a_state_input_after_parameters_is_held_to_262144_bytes_exactly(
     # answer itself, as Step Functions wraps it, stays within the limit
     seed_users(clean_runtime, varied_users(3, prefix=unique_prefix()))
     resolve = clean_runtime.functions[RESOLVE]
-    filter_arn = clean_runtime.functions["FilterRecipientsFunction"].arn
+    # The ASL invokes the function's alias (AutoPublishAlias), as deployed.
+    filter_function = clean_runtime.functions["FilterRecipientsFunction"]
+    filter_arn = f"{filter_function.arn}:{filter_function.spec.alias}"
     original_invoke = resolve.invoke
     sizes: dict[str, int] = {}
 
