@@ -49,6 +49,23 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return out
 """
 
+# Settle a page's devices in one round trip, atomically: the message ids of the
+# published ones, the released ones removed. A script rather than MULTI/EXEC:
+# redis-py's cluster transactions can leave a reply unread on a pooled
+# connection when a node fails mid-EXEC (seen with 8.1), a script cannot.
+# ARGV: the number of published devices, their (device, message id) pairs, then
+# the released devices.
+_SETTLE = """
+local last_pair = 1 + 2 * tonumber(ARGV[1])
+for first = 2, last_pair, 1000 do
+  redis.call('HSET', KEYS[1], unpack(ARGV, first, math.min(first + 999, last_pair)))
+end
+for first = last_pair + 1, #ARGV, 1000 do
+  redis.call('HDEL', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
+end
+return 1
+"""
+
 
 def page_key(notification_id: str, page: str) -> str:
     return f"pf:{{n:{notification_id}:{page}}}:sent"
@@ -58,6 +75,7 @@ class RecipientStore:
     def __init__(self, client: RedisClient) -> None:
         self._redis = client
         self._claim = client.register_script(_CLAIM)
+        self._settle = client.register_script(_SETTLE)
 
     @classmethod
     def from_url(cls, url: str) -> RecipientStore:
@@ -107,14 +125,13 @@ class RecipientStore:
         released: Sequence[int] = (),
     ) -> None:
         """Mark published devices with their message id; release the ones to retry."""
-        key = page_key(notification_id, page)
+        if not sent and not released:
+            return
+        pairs = [item for device, message in sent.items() for item in (device, message)]
         with store_errors():
-            pipe = self._redis.pipeline(transaction=True)
-            if sent:
-                pipe.hset(key, mapping={str(d): m for d, m in sent.items()})
-            if released:
-                pipe.hdel(key, *[str(d) for d in released])
-            pipe.execute()
+            self._settle(
+                keys=[page_key(notification_id, page)], args=[len(sent), *pairs, *released]
+            )
 
     def markers(self, notification_id: str, page: str) -> dict[int, str]:
         with store_errors():
