@@ -38,6 +38,7 @@ from pushflow.domain.errors import TransientStoreError
 from pushflow.domain.models import Recipient
 from pushflow.domain.rules import Preferences
 from pushflow_local.redis_cluster import LocalRedisCluster, RedisNode, start_standalone
+from pushflow_local.servers import redis_mode
 
 pytestmark = pytest.mark.integration
 
@@ -142,6 +143,16 @@ def test_the_factory_builds_the_client_the_server_needs(servers: Servers) -> Non
             client.close()
     with pytest.raises(TransientStoreError):
         connect(f"redis://127.0.0.1:{_closed_port()}")
+
+
+def test_an_unknown_redis_mode_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUSHFLOW_REDIS_MODE", "sentinel")
+    with pytest.raises(ValueError, match="PUSHFLOW_REDIS_MODE"):
+        redis_mode()
+    monkeypatch.setenv("PUSHFLOW_REDIS_MODE", "Standalone")
+    assert redis_mode() == "standalone"
+    monkeypatch.delenv("PUSHFLOW_REDIS_MODE")
+    assert redis_mode() == "cluster"
 
 
 # -- three nodes give the answers of one ---------------------------------------------------
