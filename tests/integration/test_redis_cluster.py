@@ -33,6 +33,7 @@ from redis.retry import Retry
 from pushflow.adapters.recipient_filter import RecipientFilter, preferences_key
 from pushflow.adapters.redis_client import connect, store_errors
 from pushflow.adapters.redis_store import RecipientStore, page_key
+from pushflow.config import ConfigurationError
 from pushflow.domain.categories import CATEGORIES
 from pushflow.domain.errors import TransientStoreError
 from pushflow.domain.models import Recipient
@@ -143,6 +144,12 @@ def test_the_factory_builds_the_client_the_server_needs(servers: Servers) -> Non
             client.close()
     with pytest.raises(TransientStoreError):
         connect(f"redis://127.0.0.1:{_closed_port()}")
+    # A unix socket suits a standalone server; the cluster client needs host and port.
+    through_socket = connect(servers.standalone.socket_url)
+    assert type(through_socket) is redis.Redis
+    through_socket.close()
+    with pytest.raises(ConfigurationError, match="REDIS_URL"):
+        connect(servers.one_node.nodes[0].socket_url)
 
 
 def test_an_unknown_redis_mode_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
