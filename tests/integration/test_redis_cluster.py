@@ -255,46 +255,85 @@ def test_a_slot_moved_to_another_node_is_followed(servers: Servers) -> None:
         phones = [Recipient(7001, user, "ios", False, "arn:7001", "en", "UTC")]
         moved = {}
         for key in (preferences_key(user), page_key(notification, "p0")):
-            before = untyped.get_node_from_key(key).name
-            after = _move_slot(servers.three_nodes, untyped.keyslot(key), away_from=before)
-            moved[key] = (before, after)
+            move = SlotMove(servers.three_nodes, untyped, key)
+            move.begin()
+            move.finish()
+            moved[key] = move
             # The client still believes the old node: its next command meets MOVED.
-            assert untyped.get_node_from_key(key).name == before
+            assert untyped.get_node_from_key(key).name == move.source_name
 
         decision = rules.apply(notification, 0, MARKETING, "suppress", phones, NOW)
         claims = store.claim(notification, "p0", [7001])
 
         assert outcomes(decision) == {7001: "eligible"}
         assert claims == {7001: None}
-        for key, (_, after) in moved.items():
-            assert untyped.get_node_from_key(key).name == after  # learnt from MOVED
+        for key, move in moved.items():
+            assert untyped.get_node_from_key(key).name == move.target_name  # learnt from MOVED
     finally:
         client.close()
 
 
-def _move_slot(cluster: LocalRedisCluster, slot: int, away_from: str) -> str:
-    """Give an empty slot to another node, as a resharding does; returns its new node."""
-    ids = {node.port: node.client().cluster("MYID") for node in cluster.nodes}
-    source = next(n for n in cluster.nodes if away_from.endswith(f":{n.port}"))
-    target = next(n for n in cluster.nodes if n is not source)
-    with target.client() as to, source.client() as of:
-        assert of.cluster("COUNTKEYSINSLOT", slot) == 0
-        to.cluster("SETSLOT", slot, "IMPORTING", ids[source.port])
-        of.cluster("SETSLOT", slot, "MIGRATING", ids[target.port])
-        for node in cluster.nodes:
-            with node.client() as each:
-                each.cluster("SETSLOT", slot, "NODE", ids[target.port])
+def test_a_slot_being_migrated_answers_ask_which_is_followed(servers: Servers) -> None:
+    client = connect(servers.three_nodes.url)
+    untyped: Any = client
+    store = RecipientStore(client)
+    notification = str(uuid.uuid4())
+    move = SlotMove(servers.three_nodes, untyped, page_key(notification, "p0"))
+    move.begin()
+    try:
+        # The page's hash is not on the migrating node: it answers ASK, the
+        # client asks the importing node.
+        claims = store.claim(notification, "p0", [1, 2])
+        markers = store.markers(notification, "p0")
 
-    def everyone_agrees() -> bool:
-        for node in cluster.nodes:
-            with node.client() as each:
-                owners = [r for r in each.execute_command("CLUSTER SLOTS") if r[0] <= slot <= r[1]]
-                if [int(owner[2][1]) for owner in owners] != [target.port]:
+        assert claims == {1: None, 2: None}
+        assert markers == {1: "pending", 2: "pending"}
+        assert (move.keys_on(move.source), move.keys_on(move.target)) == (0, 1)
+        # ASK is for one command: the client still sends the slot to its owner.
+        assert untyped.get_node_from_key(page_key(notification, "p0")).name == move.source_name
+    finally:
+        move.finish()
+        client.close()
+
+
+class SlotMove:
+    """An empty slot handed to another node in a resharding's steps (no keys to migrate)."""
+
+    def __init__(self, cluster: LocalRedisCluster, client: Any, key: str) -> None:
+        self.cluster = cluster
+        self.slot = int(client.keyslot(key))
+        self.source_name = str(client.get_node_from_key(key).name)
+        self.source = next(n for n in cluster.nodes if self.source_name.endswith(f":{n.port}"))
+        self.target = next(n for n in cluster.nodes if n is not self.source)
+        self.target_name = f"127.0.0.1:{self.target.port}"
+        self.ids = {node.port: self._on(node, "MYID") for node in cluster.nodes}
+
+    def _on(self, node: RedisNode, *command: Any) -> Any:
+        with node.client() as admin:
+            return admin.cluster(*command)
+
+    def keys_on(self, node: RedisNode) -> int:
+        return int(self._on(node, "COUNTKEYSINSLOT", self.slot))
+
+    def begin(self) -> None:
+        assert self.keys_on(self.source) == 0
+        self._on(self.target, "SETSLOT", self.slot, "IMPORTING", self.ids[self.source.port])
+        self._on(self.source, "SETSLOT", self.slot, "MIGRATING", self.ids[self.target.port])
+
+    def finish(self) -> None:
+        for node in self.cluster.nodes:
+            self._on(node, "SETSLOT", self.slot, "NODE", self.ids[self.target.port])
+
+        def everyone_agrees() -> bool:
+            for node in self.cluster.nodes:
+                with node.client() as admin:
+                    slots = admin.execute_command("CLUSTER SLOTS")
+                owners = [r for r in slots if r[0] <= self.slot <= r[1]]
+                if [int(owner[2][1]) for owner in owners] != [self.target.port]:
                     return False
-        return True
+            return True
 
-    _wait_for(everyone_agrees)
-    return f"127.0.0.1:{target.port}"
+        _wait_for(everyone_agrees)
 
 
 # -- what a retry may cure is TransientStoreError, on both paths --------------------------
