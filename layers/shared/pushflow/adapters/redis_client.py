@@ -111,10 +111,13 @@ def connect(url: str, **options: Any) -> RedisClient:
 
 def cluster_enabled(client: redis.Redis) -> bool:
     """Whether the server runs in cluster mode, from the server itself."""
-    info: dict[str, Any] = client.info("cluster")
+    try:
+        info: dict[str, Any] = client.info("cluster")
+    except ResponseError:
+        info = {}  # INFO renamed or denied by an ACL
     if "cluster_enabled" in info:
         return bool(int(info["cluster_enabled"]))
-    # A server that leaves the field out of INFO: CLUSTER INFO answers only in cluster mode.
+    # No answer from INFO: CLUSTER INFO answers only in cluster mode.
     try:
         client.cluster("INFO")
     except ResponseError:
