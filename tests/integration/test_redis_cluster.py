@@ -38,7 +38,12 @@ from pushflow.domain.categories import CATEGORIES
 from pushflow.domain.errors import TransientStoreError
 from pushflow.domain.models import Recipient
 from pushflow.domain.rules import Preferences
-from pushflow_local.redis_cluster import LocalRedisCluster, RedisNode, start_standalone
+from pushflow_local.redis_cluster import (
+    SOCKET_OPTIONS,
+    LocalRedisCluster,
+    RedisNode,
+    start_standalone,
+)
 from pushflow_local.servers import redis_mode
 
 pytestmark = pytest.mark.integration
@@ -78,10 +83,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     try:
         # Started together: each new primary waits ~2 s before it takes writes.
         for name, size in (("one", 1), ("three", 3), ("to-kill", 1)):
-            clusters.append(LocalRedisCluster.start(size, base / name, wait=False))
+            clusters.append(LocalRedisCluster.start(size, base / name, False, SOCKET_OPTIONS))
         no_info = ("--rename-command", "INFO", "")
         clusters.append(LocalRedisCluster.start(1, base / "no-info", False, no_info))
-        nodes += [start_standalone(base / "standalone"), start_standalone(base / "victim")]
+        nodes.append(start_standalone(base / "standalone", SOCKET_OPTIONS))
+        nodes.append(start_standalone(base / "victim"))
         nodes.append(start_standalone(base / "standalone-no-info", no_info))
         for cluster in clusters:
             cluster.wait_until_ok()
