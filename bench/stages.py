@@ -16,13 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pg8000.dbapi
-import redis
 from botocore.credentials import Credentials
+from redis.cluster import RedisCluster
 
 from bench import data
 from bench.data import Audience
 from bench.harness import PUBLISH_IN_FLIGHT, SNS_DELAY_SECONDS, Bench, Row, Timer, alternate
+from pushflow.adapters import redis_client as redis_clients
 from pushflow.adapters.postgres import ConnectionParams
+from pushflow.adapters.redis_client import RedisClient
 from pushflow.adapters.sns_http import SnsHttpPublisher
 from pushflow.domain import sending
 from pushflow.domain.content import compile_content
@@ -58,8 +60,9 @@ def dbapi_connect(bench: Bench) -> pg8000.dbapi.Connection:
     return pg8000.dbapi.Connection(**params.driver_kwargs())
 
 
-def redis_client(bench: Bench) -> redis.Redis:
-    return redis.Redis.from_url(bench.servers.redis_url, decode_responses=True)
+def redis_client(bench: Bench) -> RedisClient:
+    """The client the functions build: a cluster client on a cluster-mode server."""
+    return redis_clients.connect(bench.servers.redis_url)
 
 
 # -- resolve --------------------------------------------------------------------
@@ -155,6 +158,32 @@ def _check_keys(tag: str, recipients: Sequence[dict[str, Any]]) -> list[str]:
     return keys
 
 
+def _run_checks(
+    client: RedisClient,
+    sha: str,
+    page: int,
+    now: int,
+    tag: str,
+    recipients: Sequence[dict[str, Any]],
+) -> None:
+    """The checks of a page: one script call; on a cluster, as the server allows it,
+    one per hash slot in one pipeline (a script must keep to one slot)."""
+    if not isinstance(client, RedisCluster):
+        args = [page, now, tag, *(recipient["device_id"] for recipient in recipients)]
+        keys = _check_keys(tag, recipients)
+        client.evalsha(sha, len(keys), *keys, *args)
+        return
+    by_slot: dict[int, list[dict[str, Any]]] = {}
+    for recipient in recipients:
+        slot = client.keyslot(f"pf:{{u:{recipient['user_id']}}}:prefs")  # type: ignore[no-untyped-call]
+        by_slot.setdefault(slot, []).append(recipient)
+    calls = [
+        (_check_keys(tag, group), [page, now, tag, *(r["device_id"] for r in group)])
+        for group in by_slot.values()
+    ]
+    redis_clients.run_script_per_slot(client, CHECKS_SCRIPT, sha, calls)
+
+
 def filter_stage(bench: Bench) -> None:
     sizes = bench.sizes
     bench.say(f"filter: {sizes.filter_recipients:,} recipients")
@@ -192,11 +221,11 @@ def filter_stage(bench: Bench) -> None:
         started = time.perf_counter()
         for event in decoded:
             recipients = event["recipients"]
-            args = [event["page"]["number"], now, tag]
-            args += [recipient["device_id"] for recipient in recipients]
-            script(keys=_check_keys(tag, recipients), args=args)
+            _run_checks(client, script.sha, event["page"]["number"], now, tag, recipients)
             count += len(recipients)
         return count, time.perf_counter() - started
+
+    client.script_load(CHECKS_SCRIPT)
 
     value, lua, details = alternate(sizes.trials, handler, lua_script)
 

@@ -4,6 +4,10 @@
 Redis server. Both are started only when DATABASE_URL / REDIS_URL do not name
 other servers, and stopped on exit (also on Ctrl-C: the runtime is a context
 manager, and Ctrl-C unwinds it).
+
+Redis runs in cluster mode, all slots on one node, as ElastiCache Serverless
+does (CROSSSLOT included); PUSHFLOW_REDIS_MODE=standalone starts a standalone
+server on a unix socket instead.
 """
 
 from __future__ import annotations
@@ -17,6 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pushflow_local.redis_cluster import LocalRedisCluster
+
+REDIS_MODES = ("cluster", "standalone")
+
+
+def redis_mode() -> str:
+    mode = os.environ.get("PUSHFLOW_REDIS_MODE", "cluster").strip().lower() or "cluster"
+    if mode not in REDIS_MODES:
+        raise ValueError(f"PUSHFLOW_REDIS_MODE must be cluster or standalone, got {mode!r}")
+    return mode
+
 
 @dataclass
 class LocalServers:
@@ -24,6 +39,7 @@ class LocalServers:
     redis_url: str
     _postgres: Any = None
     _redis: Any = None
+    _redis_cluster: LocalRedisCluster | None = None
     _workdir: Path | None = None
     started: list[str] = field(default_factory=list)
 
@@ -37,9 +53,20 @@ class LocalServers:
                 servers._workdir = Path(tempfile.mkdtemp(prefix="pushflow-"))
                 # The embedded server runs as an unprivileged user when we are root.
                 servers._workdir.chmod(0o755)
+            if not redis_url and redis_mode() == "cluster":
+                # Started first: the new primary's ~2 s before it accepts
+                # writes passes while PostgreSQL starts.
+                assert servers._workdir is not None
+                servers._redis_cluster = LocalRedisCluster.start(
+                    workdir=servers._workdir / "redis-cluster", wait=False
+                )
+                servers.redis_url = servers._redis_cluster.url
+                servers.started.append("redis")
             if not database_url:
                 servers._start_postgres()
-            if not redis_url:
+            if servers._redis_cluster is not None:
+                servers._redis_cluster.wait_until_ok()
+            elif not redis_url:
                 servers._start_redis()
         except BaseException:
             servers.stop()
@@ -72,6 +99,9 @@ class LocalServers:
         self.started.append("redis")
 
     def stop(self) -> None:
+        if self._redis_cluster is not None:
+            self._redis_cluster.stop()
+            self._redis_cluster = None
         if self._redis is not None:
             # The data is throwaway: a kill takes milliseconds, a graceful
             # SHUTDOWN seconds.

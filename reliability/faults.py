@@ -200,12 +200,16 @@ def error_named(name: str, base: type[Exception] = Exception) -> type[Exception]
 
 
 class RedisUnavailable(Fault):
-    """Redis refuses connections: every command, pipeline and script fails to get one.
+    """Redis refuses connections: every command, pipeline and script fails.
 
-    redis-py takes a connection from its pool before its own retry loop, so this
-    is what a client sees when the server is gone (connection refused at once).
-    `during` names methods of the publish-marker store (`claim`, `settle`): the
-    outage then hits only while one of them runs, a point in the send's timeline.
+    Raised where the client hands back what the server did: redis-py's
+    ConnectionError from the store's client, as a standalone client raises it
+    on connection refused and as the cluster client raises it once its own
+    retries and topology refresh gave up (for either client, at the instance:
+    `execute_command` carries every command and script, `pipeline()` every
+    pipeline, the cluster client's per-slot MGET included). `during` names
+    methods of the publish-marker store (`claim`, `settle`): the outage then
+    hits only while one of them runs, a point in the send's timeline.
     """
 
     def __init__(self, trigger: Trigger, during: Sequence[str] = ()) -> None:
@@ -215,20 +219,37 @@ class RedisUnavailable(Fault):
 
     def install(self, runtime: LocalRuntime, stack: contextlib.ExitStack) -> None:
         store = runtime.services.store
-        pool = store.client.connection_pool
-        original = pool.get_connection
+        client: Any = store.client  # a standalone or a cluster client (the latter untyped)
         inside = threading.local()
         for method in self.during:
             stack.enter_context(patched(store, method, _marking(getattr(store, method), inside)))
 
-        def get_connection(*args: Any, **kwargs: Any) -> Any:
+        def refuse() -> None:
             if (not self.during or getattr(inside, "active", False)) and self.trigger.fire():
                 raise redis.exceptions.ConnectionError(
                     "Error 111 connecting to redis: Connection refused."
                 )
-            return original(*args, **kwargs)
 
-        stack.enter_context(patched(pool, "get_connection", get_connection))
+        execute_command = client.execute_command
+        pipeline = client.pipeline
+
+        def refusing_execute_command(*args: Any, **kwargs: Any) -> Any:
+            refuse()
+            return execute_command(*args, **kwargs)
+
+        def refusing_pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe: Any = pipeline(*args, **kwargs)
+            execute = pipe.execute
+
+            def refusing_execute(*args: Any, **kwargs: Any) -> Any:
+                refuse()
+                return execute(*args, **kwargs)
+
+            pipe.execute = refusing_execute
+            return pipe
+
+        stack.enter_context(patched(client, "execute_command", refusing_execute_command))
+        stack.enter_context(patched(client, "pipeline", refusing_pipeline))
 
 
 def _marking(method: Callable[..., Any], flag: threading.local) -> Callable[..., Any]:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
 import pytest
+import redis
+from redis.cluster import RedisCluster
 
+from pushflow.adapters.redis_client import cluster_enabled
 from pushflow.adapters.redis_store import DEDUPE_TTL_SECONDS, PENDING, page_key
+from pushflow_local.servers import redis_mode
 
 pytestmark = pytest.mark.integration
 
@@ -55,3 +60,13 @@ def test_a_claim_naming_a_device_twice_is_refused_before_redis(runtime: Any) -> 
     with pytest.raises(ValueError, match="more than once"):
         store.claim(notification, "p0", [7, 8, 7])
     assert store.markers(notification, "p0") == {}
+
+
+def test_the_runtime_runs_on_the_redis_mode_asked_for(runtime: Any) -> None:
+    """Cluster mode unless PUSHFLOW_REDIS_MODE=standalone (`make test` runs this file in both)."""
+    if os.environ.get("REDIS_URL"):
+        with redis.Redis.from_url(os.environ["REDIS_URL"]) as named:
+            expected_cluster = cluster_enabled(named)
+    else:
+        expected_cluster = redis_mode() == "cluster"
+    assert isinstance(runtime.services.store.client, RedisCluster) is expected_cluster

@@ -21,44 +21,22 @@ On a cluster client the script runs once per hash slot, all in one pipeline.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import (
-    BusyLoadingError,
-    ClusterDownError,
-    ConnectionError,
-    NoScriptError,
-    ReadOnlyError,
-    TimeoutError,
-    TryAgainError,
-)
+from redis.exceptions import NoScriptError
 
+from pushflow.adapters.redis_client import RedisClient, run_script_per_slot, store_errors
 from pushflow.domain.categories import Category
-from pushflow.domain.errors import TransientStoreError
 from pushflow.domain.models import DeliveryResult, Outcome, Recipient
 from pushflow.domain.ports import FilterDecision
 from pushflow.domain.rules import DEFAULT_PREFERENCES, Preferences, SendRules, UserRules
 
 QuietHoursMode = Literal["suppress", "defer"]
-RedisClient = redis.Redis | RedisCluster
-
-# Failures that say "Redis is not there right now", never "the request is wrong".
-_TRANSIENT = (
-    ConnectionError,
-    TimeoutError,
-    BusyLoadingError,
-    ReadOnlyError,  # a replica promoted mid-failover
-    TryAgainError,
-    ClusterDownError,
-)
-
 CAP_WINDOW_MS = 24 * 3600 * 1000
 # A cap set outlives its newest member by the window (plus slack for clock skew).
 CAP_TTL_MS = CAP_WINDOW_MS + 3600 * 1000
@@ -165,23 +143,16 @@ class RecipientFilter:
         # Hashes the script once; the server learns it on first use (EVAL on NOSCRIPT).
         self._decide = client.register_script(_DECIDE)
 
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except _TRANSIENT as error:
-            raise TransientStoreError(f"Redis: {error}") from error
-
     # -- preferences -------------------------------------------------------
 
     def invalidate_preferences(self, user_id: int) -> None:
         """Forget a user's cached preferences (after they change in PostgreSQL)."""
-        with self._errors():
+        with store_errors():
             self._redis.set(preferences_key(user_id), INVALIDATED, ex=INVALIDATED_TTL_SECONDS)
 
     def cache_preferences(self, user_id: int, preferences: Preferences) -> None:
         """Write a user's new preferences through to the cache."""
-        with self._errors():
+        with store_errors():
             self._redis.set(
                 preferences_key(user_id),
                 json.dumps(preferences.to_dict(), separators=(",", ":")),
@@ -191,7 +162,7 @@ class RecipientFilter:
     def preferences(self, user_ids: Sequence[int]) -> dict[int, Preferences]:
         """The users' preferences: from the cache, the misses from PostgreSQL in one query."""
         keys = [preferences_key(user_id) for user_id in user_ids]
-        with self._errors():
+        with store_errors():
             if isinstance(self._redis, RedisCluster):
                 # One MGET per slot, pipelined, answers in key order.
                 cached = self._redis.mget_nonatomic(keys)
@@ -208,7 +179,7 @@ class RecipientFilter:
         if not missing:
             return found
         loaded = self._load_preferences(missing)
-        with self._errors():
+        with store_errors():
             pipe = self._redis.pipeline(transaction=False)
             for user_id in missing:
                 preferences = loaded.get(user_id, DEFAULT_PREFERENCES)
@@ -322,7 +293,9 @@ class RecipientFilter:
 
         if isinstance(self._redis, RedisCluster):
             groups = group_by_slot(pending, self._redis.keyslot)
-            answers = self._run_per_slot([call(group) for group in groups])
+            calls = [call(group) for group in groups]
+            with store_errors():
+                answers = run_script_per_slot(self._redis, _DECIDE, self._decide.sha, calls)
         else:
             groups = [list(pending)]
             answers = [self._run(*call(groups[0]))]
@@ -340,36 +313,12 @@ class RecipientFilter:
     def _run(self, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
         """One script call; a server that does not know the script yet gets its text."""
         script = self._decide
-        with self._errors():
+        with store_errors():
             try:
                 answer = self._redis.evalsha(script.sha, len(keys), *keys, *args)
             except NoScriptError:
                 answer = self._redis.eval(_DECIDE, len(keys), *keys, *args)
         return list(answer)
-
-    def _run_per_slot(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[list[Any]]:
-        """One script call per hash slot, all in one cluster pipeline."""
-        script = self._decide
-        answers: list[Any] = []
-        with self._errors():
-            pipe = self._redis.pipeline()
-            for keys, args in calls:
-                # ClusterPipeline blocks the evalsha() helper, not the command.
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            answers = pipe.execute(raise_on_error=False)
-            unknown = [i for i, answer in enumerate(answers) if isinstance(answer, NoScriptError)]
-            if unknown:
-                # Nodes that never saw the script (new or failed over): send its text once.
-                pipe = self._redis.pipeline()
-                for i in unknown:
-                    keys, args = calls[i]
-                    pipe.execute_command("EVAL", _DECIDE, len(keys), *keys, *args)
-                for i, answer in zip(unknown, pipe.execute(raise_on_error=False), strict=True):
-                    answers[i] = answer
-            for answer in answers:
-                if isinstance(answer, Exception):
-                    raise answer
-        return [list(answer) for answer in answers]
 
 
 def _result(recipient: Recipient, outcome: Outcome) -> DeliveryResult:

@@ -8,13 +8,9 @@ preferences under `{u:<user id>}`.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-import redis
-from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
-
-from pushflow.domain.errors import TransientStoreError
+from pushflow.adapters.redis_client import RedisClient, connect, store_errors
 
 # Long enough for every retry and redrive of a page; short enough that markers
 # of finished sends do not pile up (one hash of ~60 B per device per page).
@@ -53,45 +49,49 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return out
 """
 
+# Settle a page's devices in one round trip, atomically: the message ids of the
+# published ones, the released ones removed. A script rather than MULTI/EXEC:
+# redis-py's cluster transactions can leave a reply unread on a pooled
+# connection when a node fails mid-EXEC (seen with 8.1), a script cannot.
+# ARGV: the number of published devices, their (device, message id) pairs, then
+# the released devices.
+_SETTLE = """
+local last_pair = 1 + 2 * tonumber(ARGV[1])
+for first = 2, last_pair, 1000 do
+  redis.call('HSET', KEYS[1], unpack(ARGV, first, math.min(first + 999, last_pair)))
+end
+for first = last_pair + 1, #ARGV, 1000 do
+  redis.call('HDEL', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
+end
+return 1
+"""
+
 
 def page_key(notification_id: str, page: str) -> str:
     return f"pf:{{n:{notification_id}:{page}}}:sent"
 
 
 class RecipientStore:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._redis = client
         self._claim = client.register_script(_CLAIM)
+        self._settle = client.register_script(_SETTLE)
 
     @classmethod
     def from_url(cls, url: str) -> RecipientStore:
-        # One client, one connection pool, shared by threads (redis-py is thread-safe).
-        return cls(
-            redis.Redis.from_url(
-                url,
-                decode_responses=True,
-                socket_timeout=5,
-                socket_connect_timeout=5,
-                health_check_interval=30,
-            )
-        )
+        # One client shared by threads (redis-py is thread-safe): a cluster client
+        # when the server runs in cluster mode, asked of the server itself.
+        return cls(connect(url))
 
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> RedisClient:
         return self._redis
-
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (ConnectionError, TimeoutError, BusyLoadingError) as error:
-            raise TransientStoreError(f"Redis: {error}") from error
 
     def close(self) -> None:
         self._redis.close()
 
     def ping(self) -> bool:
-        with self._errors():
+        with store_errors():
             return bool(self._redis.ping())
 
     # -- exactly-once publishing ------------------------------------------
@@ -108,7 +108,7 @@ class RecipientStore:
             return {}
         if len(set(device_ids)) != len(device_ids):
             raise ValueError("a claim names the same device more than once")
-        with self._errors():
+        with store_errors():
             previous: list[str] = self._claim(
                 keys=[page_key(notification_id, page)],
                 args=[DEDUPE_TTL_SECONDS, *device_ids],
@@ -125,16 +125,15 @@ class RecipientStore:
         released: Sequence[int] = (),
     ) -> None:
         """Mark published devices with their message id; release the ones to retry."""
-        key = page_key(notification_id, page)
-        with self._errors():
-            pipe = self._redis.pipeline(transaction=True)
-            if sent:
-                pipe.hset(key, mapping={str(d): m for d, m in sent.items()})
-            if released:
-                pipe.hdel(key, *[str(d) for d in released])
-            pipe.execute()
+        if not sent and not released:
+            return
+        pairs = [item for device, message in sent.items() for item in (device, message)]
+        with store_errors():
+            self._settle(
+                keys=[page_key(notification_id, page)], args=[len(sent), *pairs, *released]
+            )
 
     def markers(self, notification_id: str, page: str) -> dict[int, str]:
-        with self._errors():
+        with store_errors():
             raw: dict[str, str] = self._redis.hgetall(page_key(notification_id, page))  # type: ignore[assignment]
         return {int(device): value for device, value in raw.items()}
