@@ -21,7 +21,7 @@ from botocore.credentials import Credentials
 
 from bench import data
 from bench.data import Audience
-from bench.harness import PUBLISH_IN_FLIGHT, SNS_DELAY_SECONDS, Bench, Row, Timer, alternate
+from bench.harness import PUBLISH_IN_FLIGHT, SNS_LATENCY, Bench, Row, Timer, alternate
 from pushflow.adapters.postgres import ConnectionParams
 from pushflow.adapters.sns_http import SnsHttpPublisher
 from pushflow.domain import sending
@@ -340,13 +340,18 @@ def publish_stage(bench: Bench) -> None:
     round_trip = (time.perf_counter() - started) / 20
     one_at_a_time.close()
     value, boto3_value = max(rates), max(boto3_rates)
-    ideal = PUBLISH_IN_FLIGHT / SNS_DELAY_SECONDS
+    # At the stand-in's mean answer time (its tail included).
+    ideal = PUBLISH_IN_FLIGHT / SNS_LATENCY.mean
     common = {
         "stage": "publish",
         "publishes": sum(len(json.loads(event)["recipients"]) for event in events),
         "pages": len(events),
         "in_flight": PUBLISH_IN_FLIGHT,
-        "sns_delay_ms": SNS_DELAY_SECONDS * 1000,
+        "sns_latency_ms": {
+            "median": SNS_LATENCY.median * 1000,
+            "p99": SNS_LATENCY.p99 * 1000,
+            "mean": round(SNS_LATENCY.mean * 1000, 2),
+        },
         "rates": [round(rate, 1) for rate in rates],
         "client_only_publishes_per_s": round(client_only, 1),
         "round_trip_ms": round(round_trip * 1000, 2),
@@ -360,7 +365,7 @@ def publish_stage(bench: Bench) -> None:
             "publishes/s",
             ideal,
             0.8,
-            f"{PUBLISH_IN_FLIGHT} in flight / {SNS_DELAY_SECONDS * 1000:.0f} ms",
+            f"{PUBLISH_IN_FLIGHT} in flight / {SNS_LATENCY.mean * 1000:.0f} ms mean",
             details=common,
         )
     )

@@ -45,6 +45,7 @@ import heapq
 import hmac
 import itertools
 import json
+import logging
 import math
 import random
 import re
@@ -239,6 +240,10 @@ class Latency:
             raise ValueError("latency needs 0 <= median <= p99")
 
     @property
+    def mean(self) -> float:
+        return self.median * math.exp(self.sigma**2 / 2)
+
+    @property
     def sigma(self) -> float:
         # The 99th percentile of a standard normal distribution is 2.3263 sigmas.
         return math.log(self.p99 / self.median) / 2.3263 if self.median > 0 else 0.0
@@ -349,10 +354,12 @@ _REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found"}
 _REASONS |= {429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
-def http_answer(status: int, body: bytes, content_type: str = "text/xml") -> bytes:
+def http_answer(
+    status: int, body: bytes, content_type: str = "text/xml", now: float | None = None
+) -> bytes:
     head = (
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
-        f"x-amzn-RequestId: {uuid.uuid4()}\r\nDate: {formatdate(usegmt=True)}\r\n"
+        f"x-amzn-RequestId: {uuid.uuid4()}\r\nDate: {formatdate(now, usegmt=True)}\r\n"
         f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -453,6 +460,12 @@ class SnsServer:
         return f"http://127.0.0.1:{self.port}/"
 
     # -- programming it ------------------------------------------------------------
+
+    @property
+    def publishes(self) -> int:
+        """Publishes numbered so far (a fault's `when` gets each one's number)."""
+        with self._lock:
+            return self._publishes
 
     def inject(self, fault: Fault) -> Fault:
         with self._lock:
@@ -573,7 +586,11 @@ class SnsServer:
             self._queue(connection, 0.0, http_answer(200, stats, "application/json"), close)
             return True
         when = connection.arrived + self.latency.draw(self._rng)
-        status, answer_body, fault = self._handle(Request(method, path, headers, body))
+        try:
+            status, answer_body, fault = self._handle(Request(method, path, headers, body))
+        except Exception:  # a bug here answers as SNS's own failures do, and serving goes on
+            logging.getLogger(__name__).exception("the SNS stand-in failed on a request")
+            status, answer_body, fault = 500, error_body("InternalFailure", "", "-"), None
         action = fault.action if fault is not None else None
         if action == RESET_BEFORE_READING:
             self._reset(connection)
@@ -581,7 +598,7 @@ class SnsServer:
         if action == DELIVER_THEN_HANG:
             connection.hung = True  # the client's read times out; its close ends it
             return False
-        answer = http_answer(status, answer_body)
+        answer = http_answer(status, answer_body, now=self.clock())
         reset = action == DELIVER_THEN_RESET
         release = fault.release if fault is not None else None
         self._queue(connection, when, answer, close, reset, release)
@@ -642,6 +659,7 @@ class SnsServer:
                     "InvalidAction", f"Unsupported action: {form.get('Action')!r} (Publish only)"
                 )
             endpoint_arn, message = self._checked_publish(form)
+            structured = form.get("MessageStructure") == "json"
         except SnsRefusal as refusal:
             return self._error(refusal.code, refusal.message, request_id)
         with self._lock:
@@ -655,7 +673,7 @@ class SnsServer:
         if fault is not None and fault.action == RESET_BEFORE_READING:
             return 0, b"", fault
         try:
-            self._check_target(endpoint_arn, message)
+            self._check_target(endpoint_arn, message, structured)
         except SnsRefusal as refusal:
             return self._error(refusal.code, refusal.message, request_id)
         if self.quota is not None and not self.quota.take():
@@ -759,7 +777,7 @@ class SnsServer:
                 )
         return endpoint_arn, message
 
-    def _check_target(self, endpoint_arn: str, message: str) -> None:
+    def _check_target(self, endpoint_arn: str, message: str, structured: bool) -> None:
         state = self.directory.lookup(endpoint_arn)
         if state is None:
             raise SnsRefusal("NotFound", "Invalid parameter: TargetArn Reason: No endpoint found")
@@ -767,12 +785,10 @@ class SnsServer:
             raise SnsRefusal("PlatformApplicationDisabled", "Platform application is disabled")
         if not state.enabled:
             raise SnsRefusal("EndpointDisabled", "Endpoint is disabled")
-        try:
-            structured = json.loads(message)
-        except ValueError:
-            structured = None
-        if isinstance(structured, dict):
-            payload = structured.get(PLATFORM_KEYS.get(state.platform, ""), structured["default"])
+        if structured:
+            # Checked by _checked_publish: a JSON object with a `default` string.
+            parts = json.loads(message)
+            payload = parts.get(PLATFORM_KEYS.get(state.platform, ""), parts["default"])
             if len(str(payload).encode()) > MAX_PLATFORM_PAYLOAD_BYTES:
                 raise SnsRefusal(
                     "InvalidParameter",
