@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import calendar
 import contextlib
-import hashlib
 import heapq
 import hmac
 import itertools
@@ -62,7 +61,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import IO, Protocol
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
 XMLNS = "http://sns.amazonaws.com/doc/2010-03-31/"
@@ -742,7 +741,7 @@ class SnsServer:
                 raise SnsRefusal(
                     "InvalidClientTokenId", "The security token included in the request is invalid."
                 )
-            expected = _signature(request, names, secret, amz_date, day, region)
+            expected = _signature(request, names, secret, amz_date, region)
             if not hmac.compare_digest(expected, signature):
                 raise SnsRefusal(
                     "SignatureDoesNotMatch",
@@ -797,26 +796,23 @@ class SnsServer:
                 )
 
 
-def _signature(
-    request: Request, names: list[str], secret: str, amz_date: str, day: str, region: str
-) -> str:
-    """SigV4 as SNS recomputes it from what arrived."""
-    canonical_headers = "".join(
-        f"{name}:{' '.join(request.headers.get(name, '').split())}\n" for name in names
+def _signature(request: Request, names: list[str], secret: str, amz_date: str, region: str) -> str:
+    """SigV4 as SNS recomputes it from what arrived, by botocore's signer: a check
+    independent of the publisher's hand-written one."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    received = AWSRequest(
+        method=request.method,
+        url=f"http://{request.headers.get('host', '')}{request.path}",
+        data=request.body,
+        headers={name: request.headers.get(name, "") for name in names},
     )
-    path = quote(request.path.split("?", 1)[0] or "/", safe="/~")
-    canonical = (
-        f"{request.method}\n{path}\n\n{canonical_headers}\n{';'.join(names)}\n"
-        f"{hashlib.sha256(request.body).hexdigest()}"
-    )
-    scope = f"{day}/{region}/sns/aws4_request"
-    to_sign = (
-        f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-    )
-    key = ("AWS4" + secret).encode()
-    for part in (day, region, "sns", "aws4_request"):
-        key = hmac.digest(key, part.encode(), "sha256")
-    return hmac.digest(key, to_sign.encode(), "sha256").hex()
+    received.context["timestamp"] = amz_date
+    signer = SigV4Auth(Credentials("-", secret), "sns", region)
+    canonical = signer.canonical_request(received)
+    return str(signer.signature(signer.string_to_sign(received, canonical), received))
 
 
 # -- in a process of its own (the benchmarks) ---------------------------------------------------

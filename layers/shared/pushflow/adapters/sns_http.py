@@ -28,7 +28,7 @@ the send does next. Nothing is retried here, with two exceptions that cannot
 push twice: a request that could not be written (a connection closed while
 idle, found closed before writing) goes again on a fresh connection, and a
 push refused for clock skew goes again once, signed with the server's time
-(as botocore does). After a request was written, a reset, a timeout or a 5xx
+(the AWS SDKs for Java and JavaScript correct skew so; botocore does not). After a request was written, a reset, a timeout or a 5xx
 may hide a push that went out: it comes back UNKNOWN, never resent.
 
 What boto3 would handle is handled: credentials come from botocore's
@@ -595,7 +595,7 @@ class _PageRun:
 
     def _skewed(self, position: int, body: bytes, date: str) -> bool:
         """A refusal for clock skew: learn SNS's time from its Date header and sign
-        the push again, once (as botocore corrects for skew)."""
+        the push again, once (SNS refused it, so it cannot have gone)."""
         if position in self.skew_retried or answer_code(body) not in CLOCK_SKEW_CODES:
             return False
         try:
