@@ -28,8 +28,9 @@ the send does next. Nothing is retried here, with two exceptions that cannot
 push twice: a request that could not be written (a connection closed while
 idle, found closed before writing) goes again on a fresh connection, and a
 push refused for clock skew goes again once, signed with the server's time
-(the AWS SDKs for Java and JavaScript correct skew so; botocore does not). After a request was written, a reset, a timeout or a 5xx
-may hide a push that went out: it comes back UNKNOWN, never resent.
+(the AWS SDKs for Java and JavaScript correct skew so; botocore does not).
+After a request was written, a reset, a timeout or a 5xx may hide a push
+that went out: it comes back UNKNOWN, never resent.
 
 What boto3 would handle is handled: credentials come from botocore's
 provider chain and are read again for each request (RefreshableCredentials

@@ -369,6 +369,8 @@ class _PageWrites:
         # counted as one that did not.
         self.released_as: dict[PublishStatus, int] = {}
         self.rejected_codes: set[str] = set()
+        # Device id -> why SNS's answer cannot say whether its push went out.
+        self.maybe_gone: dict[int, str] = {}
         # Pushed and not answered yet: the recipient behind each push.
         self.awaited: dict[int, Recipient] = {}
         # How much of `results`, `settled` and `released` is written already.
@@ -411,11 +413,7 @@ class _PageWrites:
                 if outcome.status is PublishStatus.REJECTED:
                     self.rejected_codes.add(outcome.error or "rejected")
                 if outcome.status is PublishStatus.UNKNOWN:
-                    _log.warning(
-                        "push to device %s may have gone (%s): released for the page's retry",
-                        recipient.device_id,
-                        outcome.error,
-                    )
+                    self.maybe_gone[recipient.device_id] = outcome.error or "unknown"
             else:
                 self._settle_as(recipient, final, outcome.message_id, outcome.error)
 
@@ -507,6 +505,13 @@ def publish(
     # retries are spent, RecordPageFailure writes `failed` only for devices
     # without a row. RecordResults then has nothing left to write.
     writes.write_rest()
+    if writes.maybe_gone:
+        _log.warning(
+            "%d pushes may have gone (%s): released for the page's retry; devices %s",
+            len(writes.maybe_gone),
+            ", ".join(sorted(set(writes.maybe_gone.values()))),
+            sorted(writes.maybe_gone)[:20],
+        )
     released = ", ".join(f"{count} {kind.value}" for kind, count in writes.released_as.items())
     if PublishStatus.REJECTED in writes.released_as:
         # Not a device's failure: no row for the refused devices; the ASL retries a
