@@ -13,18 +13,19 @@ from typing import Any
 
 from botocore.credentials import Credentials
 
-from bench.sns_server import SlowSns
 from pushflow.adapters.sns_http import SnsHttpPublisher
 from pushflow.config import Settings
 from pushflow.handler import replace_services
 from pushflow.services import Services
 from pushflow_local.runtime import ACCOUNT, REGION, STACK, LocalFunction
 from pushflow_local.servers import LocalServers
+from pushflow_local.sns import Latency, SnsProcess
 from pushflow_local.template import REPO_ROOT, Template
 
 MIGRATIONS_DIR = REPO_ROOT / "migrations"
-# The SNS stand-in answers after this long; PublishBatch keeps this many in flight.
-SNS_DELAY_SECONDS = 0.020
+# The SNS stand-in's answer times (log-normal: median, 99th percentile);
+# PublishBatch keeps PUBLISH_IN_FLIGHT pushes in flight.
+SNS_LATENCY = Latency(median=0.020, p99=0.100)
 PUBLISH_IN_FLIGHT = 64
 RESULTS_PATH = REPO_ROOT / "bench" / "results.json"
 # Every row of results.json has these (plus details).
@@ -192,7 +193,7 @@ class Bench:
         previous = replace_services(self.services)
         self._stack.callback(replace_services, previous)
         self.services.repository.migrate(MIGRATIONS_DIR)
-        self.sns = self._stack.enter_context(SlowSns(SNS_DELAY_SECONDS))
+        self.sns = self._stack.enter_context(SnsProcess(SNS_LATENCY, REGION, ACCOUNT))
         # PublishBatch publishes to the stand-in through the lighter client, as
         # services.py would build it (never to moto, never to AWS).
         self.publisher = SnsHttpPublisher(

@@ -42,6 +42,7 @@ from pushflow.clock import MovableClock
 from pushflow_local import step_functions_limits
 from pushflow_local.sandbox import SandboxTimedOut, run_until
 from pushflow_local.servers import LocalServers
+from pushflow_local.sns import Latency, MotoEndpoints, PublishQuota, SnsServer, region_publish_quota
 from pushflow_local.template import REPO_ROOT, FunctionSpec, Resolver, Template
 
 REGION = "us-east-1"
@@ -53,6 +54,8 @@ PLATFORMS = {
     "ApnsSandboxPlatformApplicationArn": ("pushflow-ios-sandbox", "APNS_SANDBOX"),
     "FcmPlatformApplicationArn": ("pushflow-android", "GCM"),
 }
+# The SNS stand-in's answer time here: small, so the suite stays fast, with a tail.
+LOCAL_SNS_LATENCY = Latency(median=0.002, p99=0.010)
 
 
 @dataclass
@@ -191,6 +194,8 @@ class LocalRuntime:
         virtual_time: bool = False,
         log_path: Path | None = None,
         progress: Callable[[str], None] | None = None,
+        sns_latency: Latency = LOCAL_SNS_LATENCY,
+        sns_publish_quota: float | None = None,
     ) -> None:
         self.template = Template(template_path) if template_path else Template()
         self._database_url = database_url
@@ -216,6 +221,10 @@ class LocalRuntime:
         self._firing_lock = threading.Lock()
         self.servers: LocalServers | None = None
         self.failures: dict[str, list[BaseException]] = {}
+        self._sns_latency = sns_latency
+        # The account's publish quota: the region's documented default unless given.
+        self._sns_publish_quota = sns_publish_quota or region_publish_quota(REGION)
+        self.sns: SnsServer | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -235,6 +244,7 @@ class LocalRuntime:
         self.servers = LocalServers.start(self._database_url, self._redis_url)
         self._stack.callback(self.servers.stop)
         self._start_moto()
+        self._start_sns()
         self._progress("creating the stack's resources in moto")
         self._create_resources()
         self._install_environment()
@@ -301,6 +311,18 @@ class LocalRuntime:
         self._invoke_task_functions_directly()
         self._copy_state_data_faster()
         self._parse_each_json_path_once()
+
+    def _start_sns(self) -> None:
+        """The SNS stand-in PublishBatch publishes to, as deployed it publishes to SNS:
+        signed, checked, throttled at the account's quota, delivering to moto's endpoints."""
+        self.sns = SnsServer(
+            MotoEndpoints(ACCOUNT, REGION),
+            REGION,
+            credentials={os.environ["AWS_ACCESS_KEY_ID"]: os.environ["AWS_SECRET_ACCESS_KEY"]},
+            latency=self._sns_latency,
+            quota=PublishQuota(self._sns_publish_quota),
+        ).start()
+        self._stack.callback(self.sns.stop)
 
     def _invoke_task_functions_directly(self) -> None:
         """A Task state's `lambda:invoke` calls the function here, not through boto3.
@@ -555,9 +577,9 @@ class LocalRuntime:
         # Local stand-ins for what the deployed stack reads from RDS and Secrets Manager.
         environment["DATABASE_URL"] = self.servers.database_url
         environment["REDIS_URL"] = self.servers.redis_url
-        # moto mocks botocore in this process: PublishBatch publishes through boto3
-        # here (deployed, it signs its own requests: no botocore to intercept).
-        environment["SNS_CLIENT"] = "boto3"
+        # PublishBatch publishes to the SNS stand-in (deployed: SNS's regional endpoint).
+        assert self.sns is not None
+        environment["SNS_PUBLISH_ENDPOINT_URL"] = self.sns.url
         environment["POWERTOOLS_TRACE_DISABLED"] = "true"
         environment["POWERTOOLS_METRICS_DISABLED"] = "true"
         environment.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
@@ -770,7 +792,8 @@ class LocalRuntime:
         self._stack.callback(stop.set)
 
     def sns_messages(self) -> dict[str, list[str]]:
-        """What moto's SNS recorded per platform endpoint: endpoint ARN -> messages."""
+        """What was delivered per platform endpoint: endpoint ARN -> messages (the SNS
+        stand-in records each delivered push where moto keeps an endpoint's messages)."""
         from moto.sns.models import sns_backends
 
         backend = sns_backends[ACCOUNT][REGION]

@@ -4,7 +4,8 @@ Every fault is a context manager that patches one instance the local runtime
 uses (never a class, so nothing leaks past the `with`) and counts how often it
 fired in `injected`. Where the fault is a driver failure it is the driver's own
 error (redis-py's ConnectionError, a PostgreSQL backend really terminated,
-botocore's ClientError), so the adapters' error mapping is exercised too.
+the SNS stand-in's error answers), so the adapters' error mapping is
+exercised too.
 
 Which Lambda function (and which page) a thread is running is known from
 `track_functions`, which wraps each local function's `invoke`: a fault can be
@@ -22,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from botocore.exceptions import ClientError
 
 from pushflow.adapters.postgres import ConnectionParams
 from pushflow.domain.models import PageRef
-from pushflow.domain.publishing import EarlyOutcomes, PublishOutcome, PublishStatus, PushMessage
+from pushflow.domain.publishing import EarlyOutcomes, PublishOutcome, PushMessage
+from pushflow_local import sns
 from pushflow_local.runtime import LocalRuntime
 
 # -- which function and page this thread is running -------------------------------------
@@ -342,18 +343,20 @@ class PostgresConnectionDropped(Fault):
 
 # -- SNS -------------------------------------------------------------------------------------
 
-THROTTLING = ("Throttling", 400, "Rate exceeded")
-INTERNAL_ERROR = ("InternalError", 500, "Internal Error")
-SERVICE_UNAVAILABLE = ("ServiceUnavailable", 503, "Service Unavailable")
+THROTTLING = "Throttling"  # the query protocol's common code, HTTP 400
+THROTTLED = "Throttled"  # the SNS model's, HTTP 429
+INTERNAL_ERROR = "InternalError"
+SERVICE_UNAVAILABLE = "ServiceUnavailable"
 
 
 class SnsBursts(Fault):
     """SNS answers bursts of Publish calls with throttling and 5xx errors.
 
-    Calls are numbered as they arrive; call n fails when it falls in one of
-    `bursts` windows of `burst_length` calls, one window every `every` calls,
-    the windows cycling through `errors`. The boto3 client's `publish` raises
-    the ClientError botocore would, so the publisher's classification runs.
+    Publishes are numbered as they reach the SNS stand-in; publish n is refused
+    when it falls in one of `bursts` windows of `burst_length`, one window every
+    `every` publishes, the windows cycling through `errors`. The stand-in answers
+    as SNS does (its codes and statuses), so the publisher's classification runs;
+    nothing refused is delivered.
     """
 
     name = "sns throttling and 5xx bursts"
@@ -363,65 +366,38 @@ class SnsBursts(Fault):
         bursts: int,
         burst_length: int,
         every: int,
-        errors: Sequence[tuple[str, int, str]] = (THROTTLING, INTERNAL_ERROR, SERVICE_UNAVAILABLE),
+        errors: Sequence[str] = (THROTTLING, THROTTLED, INTERNAL_ERROR, SERVICE_UNAVAILABLE),
     ) -> None:
         super().__init__(Trigger())
         self.bursts = bursts
         self.burst_length = burst_length
         self.every = every
         self.errors = list(errors)
-        self.calls = 0
-        self._lock = threading.Lock()
+        self._answers: list[sns.Fault] = []
 
-    def _error_for_next_call(self) -> tuple[str, int, str] | None:
-        with self._lock:
-            n = self.calls
-            self.calls += 1
-            window, position = divmod(n, self.every)
-            if window >= self.bursts or position >= self.burst_length:
-                return None
-            self.trigger.fired += 1
-            return self.errors[window % len(self.errors)]
+    @property
+    def injected(self) -> int:
+        return sum(answer.fired for answer in self._answers)
+
+    def _code_of(self, number: int) -> str | None:
+        window, position = divmod(number, self.every)
+        if window >= self.bursts or position >= self.burst_length:
+            return None
+        return self.errors[window % len(self.errors)]
 
     def install(self, runtime: LocalRuntime, stack: contextlib.ExitStack) -> None:
-        publisher: Any = runtime.services.publisher
-        client = getattr(publisher, "_client", None)
-        if client is not None and hasattr(client, "publish"):
-            original = client.publish
-
-            def publish(**kwargs: Any) -> Any:
-                error = self._error_for_next_call()
-                if error is not None:
-                    code, status, message = error
-                    response: Any = {
-                        "Error": {"Code": code, "Message": message, "Type": "Sender"},
-                        "ResponseMetadata": {"HTTPStatusCode": status},
-                    }
-                    raise ClientError(response, "Publish")
-                return original(**kwargs)
-
-            stack.enter_context(patched(client, "publish", publish))
-            return
-        # Another Publisher (no boto3 client to wrap): answer at the outcome level.
-        original_publish = publisher.publish
-
-        def publish_page(
-            pushes: Iterable[PushMessage], early: EarlyOutcomes | None = None
-        ) -> list[PublishOutcome]:
-            pushes = list(pushes)
-            through: list[PushMessage] = []
-            refused: dict[int, PublishOutcome] = {}
-            for push in pushes:
-                error = self._error_for_next_call()
-                if error is None:
-                    through.append(push)
-                    continue
-                status = PublishStatus.THROTTLED if error[1] == 400 else PublishStatus.RETRYABLE
-                refused[push.device_id] = PublishOutcome(push.device_id, status, error=error[0])
-            sent = {outcome.device_id: outcome for outcome in original_publish(through, early)}
-            return [refused.get(p.device_id) or sent[p.device_id] for p in pushes]
-
-        stack.enter_context(patched(publisher, "publish", publish_page))
+        server = runtime.sns
+        assert server is not None, "the local runtime runs the SNS stand-in"
+        first = server.publishes
+        self._answers = [
+            sns.Fault(
+                sns.ANSWER_ERROR,
+                code,
+                when=lambda number, code=code: self._code_of(number - first) == code,  # type: ignore[misc]
+            )
+            for code in dict.fromkeys(self.errors)
+        ]
+        stack.enter_context(server.faulty(*self._answers))
 
 
 # -- crashes -------------------------------------------------------------------------------------

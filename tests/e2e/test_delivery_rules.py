@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from botocore.exceptions import ClientError
 
 from pushflow.domain import sending
 from pushflow.domain.errors import ThrottledError
@@ -37,6 +35,7 @@ from pushflow_local.demo import (
 )
 from pushflow_local.runtime import LocalRuntime
 from pushflow_local.seed import SeededDevice, SeedUser, disable_endpoints, seed_users, varied_users
+from pushflow_local.sns import ANSWER_ERROR, Fault
 from tests.e2e.test_send import (
     SEND_TIMEOUT_SECONDS,
     deliveries,
@@ -448,52 +447,25 @@ def test_quiet_hours_are_read_in_each_users_own_zone(clean_runtime: LocalRuntime
 # -- SNS throttling ----------------------------------------------------------------------------
 
 
-# What SNS answers when the account's publish rate is exceeded.
-THROTTLED: Any = {
-    "Error": {"Code": "Throttling", "Message": "Rate exceeded"},
-    "ResponseMetadata": {"HTTPStatusCode": 400},
-}
-
-
-class ThrottleFirstCalls:
-    """Wraps the SNS client's publish: the first `failures` calls answer Throttling."""
-
-    def __init__(self, publish: Callable[..., Any], failures: int) -> None:
-        self._publish = publish
-        self._left = failures
-        self._lock = threading.Lock()
-        self.throttled: list[str] = []  # endpoint ARNs
-
-    def __call__(self, **kwargs: Any) -> Any:
-        with self._lock:
-            throttle = self._left > 0
-            self._left -= 1
-            if throttle:
-                self.throttled.append(kwargs["TargetArn"])
-        if throttle:
-            raise ClientError(THROTTLED, "Publish")
-        return self._publish(**kwargs)
-
-
 def test_a_throttled_page_is_retried_and_no_device_gets_two_messages(
-    clean_runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch
+    clean_runtime: LocalRuntime,
 ) -> None:
-    # GIVEN 12 devices, and SNS throttling the first three publishes
+    # GIVEN 12 devices, and SNS throttling the first three publishes (the account's rate)
     prefix = unique_prefix()
     users = [
         SeedUser(f"{prefix}-{n}", devices=[("ios", False), ("android", False)]) for n in range(6)
     ]
     devices = seed_users(clean_runtime, users)
-    client = clean_runtime.services.publisher._client
-    throttling = ThrottleFirstCalls(client.publish, failures=3)
-    monkeypatch.setattr(client, "publish", throttling)
+    assert clean_runtime.sns is not None
+    throttling = Fault(ANSWER_ERROR, "Throttling", times=3)
 
     # WHEN the send runs
-    notification, execution = send(clean_runtime, request(to_users(users)))
+    with clean_runtime.sns.faulty(throttling):
+        notification, execution = send(clean_runtime, request(to_users(users)))
 
     # THEN PublishBatch failed once with ThrottledError, and its retry finished the page
     assert execution["status"] == "SUCCEEDED"
-    assert len(throttling.throttled) == 3
+    assert throttling.fired == 3
     [failure] = clean_runtime.failures["PublishBatchFunction"]
     assert isinstance(failure, ThrottledError)
     # AND every device is sent exactly once: one row, one message in SNS

@@ -294,7 +294,6 @@ def _no_fault_left_behind(runtime: LocalRuntime) -> Iterator[None]:
         (services.store.client, "execute_command"),
         (services.store.client, "pipeline"),
         (services.publisher, "publish"),
-        (getattr(services.publisher, "_client", None), "publish"),
         *((function, "invoke") for function in runtime.functions.values()),
     ]
     leftovers = [
@@ -304,3 +303,4 @@ def _no_fault_left_behind(runtime: LocalRuntime) -> Iterator[None]:
     ]
     assert not leftovers, leftovers
     assert services.settings is settings
+    assert runtime.sns is not None and runtime.sns.faults == []  # SNS faults removed too

@@ -13,7 +13,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from bench.sns_server import SlowSns
+from pushflow_local.sns import Latency, SnsProcess
 
 pytestmark = pytest.mark.integration
 
@@ -108,10 +107,10 @@ def test_the_table_is_printed(small_run: tuple[list[dict[str, Any]], str]) -> No
         assert any(line.startswith(f"{name} ") for line in stdout.splitlines()), name
 
 
-def test_the_sns_stand_in_answers_publish_after_its_delay_and_nothing_else() -> None:
-    """boto3 against the stand-in: a Publish answered no sooner than the delay, with a
-    message id; any other action refused the way SNS refuses it; /stats counts."""
-    with SlowSns(delay=0.05) as sns:
+def test_the_benchmarks_sns_stand_in_answers_signed_publishes_and_nothing_else() -> None:
+    """boto3 against the stand-in in its own process: a Publish answered with a message
+    id; any other action refused the way SNS refuses it; /stats counts."""
+    with SnsProcess(Latency(median=0.005, p99=0.020)) as sns:
         client = boto3.client(
             "sns",
             region_name="us-east-1",
@@ -120,12 +119,13 @@ def test_the_sns_stand_in_answers_publish_after_its_delay_and_nothing_else() -> 
             aws_secret_access_key="local",
         )
         arn = "arn:aws:sns:us-east-1:123456789012:endpoint/GCM/app/0000"
-        client.publish(TargetArn=arn, Message="warm")  # connection and models
-        started = time.monotonic()
         answer = client.publish(TargetArn=arn, Message="hello")
-        assert time.monotonic() - started >= 0.05
-        assert answer["MessageId"] == "00000000-0000-4000-8000-000000000002"
+        assert answer["MessageId"]
         with pytest.raises(ClientError) as refused:
             client.list_topics()
         assert refused.value.response["Error"]["Code"] == "InvalidAction"
-        assert sns.published() == 2
+        elsewhere = "arn:aws:sns:eu-west-1:123456789012:endpoint/GCM/app/0000"
+        with pytest.raises(ClientError) as unknown:
+            client.publish(TargetArn=elsewhere, Message="hello")
+        assert unknown.value.response["Error"]["Code"] == "NotFound"
+        assert sns.published() == 1

@@ -1,4 +1,5 @@
-"""Publishing to SNS platform endpoints (moto): outcomes, and throttling without double pushes."""
+"""Publishing to SNS platform endpoints through the SNS stand-in: outcomes, and
+throttling without double pushes. The publisher is the deployed one."""
 
 from __future__ import annotations
 
@@ -8,16 +9,17 @@ import uuid
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-from pushflow.adapters.sns import PublishStatus, PushMessage, SnsPublisher, classify
+from pushflow.adapters.sns_http import SnsHttpPublisher
 from pushflow.domain import sending
 from pushflow.domain.content import render
 from pushflow.domain.errors import ThrottledError, TransientDatabaseError, TransientStoreError
 from pushflow.domain.models import Notification, NotificationStatus, Outcome, PageRef
 from pushflow.domain.payloads import build_sns_message
+from pushflow.domain.publishing import PublishStatus, PushMessage
 from pushflow_local.runtime import ACCOUNT, REGION, LocalRuntime
 from pushflow_local.seed import SeededDevice, SeedUser, disable_endpoints, seed_users
+from pushflow_local.sns import ANSWER_ERROR, HOLD, Fault, SnsServer
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +36,7 @@ REQUEST: dict[str, Any] = {
 
 
 def recorded(endpoint_arn: str) -> dict[str, str]:
-    """What SNS (moto) holds for one endpoint: message id -> message."""
+    """What was delivered to one endpoint: message id -> message."""
     from moto.sns.models import sns_backends
 
     return dict(sns_backends[ACCOUNT][REGION].platform_endpoints[endpoint_arn].messages)
@@ -48,32 +50,14 @@ def push_to(device: SeededDevice, name: str = "Anna") -> PushMessage:
     )
 
 
-def client_error(code: str, http_status: int) -> ClientError:
-    return ClientError(
-        {
-            "Error": {"Code": code, "Message": code},
-            "ResponseMetadata": {"HTTPStatusCode": http_status},
-        },
-        "Publish",
-    )
+def stand_in(runtime: LocalRuntime) -> SnsServer:
+    assert runtime.sns is not None
+    return runtime.sns
 
 
-class ThrottlingSns:
-    """The real SNS client, except that its first `throttled` publishes answer Throttling."""
-
-    def __init__(self, client: Any, throttled: int) -> None:
-        self._client = client
-        self._throttled = throttled
-        self._lock = threading.Lock()
-        self.publishes = 0
-
-    def publish(self, **kwargs: Any) -> Any:
-        with self._lock:
-            self.publishes += 1
-            throttle = self.publishes <= self._throttled
-        if throttle:
-            raise client_error("Throttling", 400)
-        return self._client.publish(**kwargs)
+def publisher_of(runtime: LocalRuntime, concurrency: int) -> SnsHttpPublisher:
+    """The deployed publisher, as services.py builds it, with `concurrency` in flight."""
+    return SnsHttpPublisher(stand_in(runtime).url, concurrency=concurrency)
 
 
 @pytest.fixture
@@ -140,47 +124,6 @@ def test_publishing_nothing_calls_nothing(clean_runtime: LocalRuntime) -> None:
     assert clean_runtime.services.publisher.publish([]) == []
 
 
-@pytest.mark.parametrize(
-    ("error", "status"),
-    [
-        (client_error("Throttling", 400), PublishStatus.THROTTLED),
-        (client_error("ThrottlingException", 400), PublishStatus.THROTTLED),
-        (client_error("TooManyRequests", 429), PublishStatus.THROTTLED),
-        (client_error("InternalError", 500), PublishStatus.RETRYABLE),
-        (client_error("ServiceUnavailable", 503), PublishStatus.RETRYABLE),
-        (client_error("BadGateway", 502), PublishStatus.RETRYABLE),
-        (client_error("EndpointDisabled", 400), PublishStatus.ENDPOINT_DISABLED),
-        (client_error("InvalidParameter", 400), PublishStatus.FAILED),
-        (client_error("AuthorizationError", 403), PublishStatus.FAILED),
-    ],
-)
-def test_sns_errors_are_classified_by_what_the_send_does_next(
-    error: ClientError, status: PublishStatus
-) -> None:
-    outcome = classify(7, error)
-
-    assert (outcome.device_id, outcome.status) == (7, status)
-    assert outcome.error == error.response["Error"]["Code"]
-    assert outcome.message_id is None
-
-
-@pytest.mark.parametrize(
-    "error",
-    [
-        EndpointConnectionError(endpoint_url="https://sns.invalid"),
-        ReadTimeoutError(endpoint_url="https://sns.invalid"),
-        ConnectionResetError("connection reset by peer"),
-    ],
-)
-def test_network_failures_are_retried(error: Exception) -> None:
-    assert classify(7, error).status is PublishStatus.RETRYABLE
-
-
-def test_a_programming_error_is_not_mistaken_for_an_sns_answer() -> None:
-    with pytest.raises(KeyError):
-        classify(7, KeyError("MessageId"))
-
-
 # -- sending.publish under throttling --------------------------------------------------
 
 
@@ -208,12 +151,15 @@ def test_a_throttled_page_records_what_went_out_and_the_retry_pushes_only_the_re
     repository = clean_runtime.services.repository
     store = clean_runtime.services.store
     notification, _, event = page_of(clean_runtime, devices)
-    sns = ThrottlingSns(clean_runtime.client("sns"), throttled=4)
-    publisher = SnsPublisher(sns, concurrency=4)
+    sns = stand_in(clean_runtime)
+    publisher = publisher_of(clean_runtime, concurrency=4)
+    published_before = sns.published
+    throttled_answers = Fault(ANSWER_ERROR, "Throttled", times=4)
 
     # WHEN the page is published
-    with pytest.raises(ThrottledError):
+    with sns.faulty(throttled_answers), pytest.raises(ThrottledError):
         sending.publish(event, repository, store, publisher)
+    assert throttled_answers.fired == 4
 
     # THEN the pushes that went out are recorded before the retry is asked for
     first_rows = {d: r for d, r in repository.page_deliveries(notification.id, 0).items()}
@@ -234,7 +180,8 @@ def test_a_throttled_page_records_what_went_out_and_the_retry_pushes_only_the_re
     assert retried["outcomes"] == {"sent": len(devices)}
     final_rows = repository.page_deliveries(notification.id, 0)
     assert set(final_rows) == set(by_id)
-    assert sns.publishes == len(devices) + 4
+    assert sns.published - published_before == len(devices)
+    publisher.close()
     for device in devices:
         messages = recorded(device.endpoint_arn)
         assert len(messages) == 1, device
@@ -251,34 +198,52 @@ def test_a_throttled_page_records_what_went_out_and_the_retry_pushes_only_the_re
     assert "Hallo User1" in json.dumps(platform_payload, ensure_ascii=False)
 
 
-def test_the_pool_hands_over_early_the_outcomes_of_a_page_that_came(
+def test_the_publisher_hands_over_early_the_outcomes_of_a_page_that_came(
     clean_runtime: LocalRuntime, devices: list[SeededDevice]
 ) -> None:
-    publisher = SnsPublisher(clean_runtime.client("sns"), concurrency=4)
+    # GIVEN SNS holding the answer to the page's last push until outcomes were handed over
+    release = threading.Event()
+    held = Fault(HOLD, endpoints=frozenset({devices[-1].endpoint_arn}), release=release)
+    publisher = publisher_of(clean_runtime, concurrency=4)
     early: list[list[int]] = []
 
-    outcomes = publisher.publish(
-        (push_to(d) for d in devices), lambda known: early.append([o.device_id for o in known])
-    )
+    def take_early(known: list[Any]) -> None:
+        early.append([o.device_id for o in known])
+        release.set()
 
+    # WHEN the page is published
+    try:
+        with stand_in(clean_runtime).faulty(held):
+            outcomes = publisher.publish((push_to(d) for d in devices), take_early)
+    finally:
+        release.set()
+        publisher.close()
+
+    # THEN every outcome comes back, and the early ones once, without the held push's
     assert [o.device_id for o in outcomes] == [d.device_id for d in devices]
-    # Once all but a pool's width answered (here 8 of 12), or later.
+    assert all(o.status is PublishStatus.SENT for o in outcomes)
     [handed] = early
-    assert len(devices) - 4 <= len(handed) <= len(devices)
+    assert 1 <= len(handed) < len(devices)
+    assert devices[-1].device_id not in handed
     assert set(handed) <= {d.device_id for d in devices}
 
 
 class FailingOnce:
     """Wraps a method: its first call raises `error` (without calling it), the rest go through."""
 
-    def __init__(self, target: Any, name: str, error: Exception) -> None:
+    def __init__(
+        self, target: Any, name: str, error: Exception, then: threading.Event | None = None
+    ) -> None:
         self.original = getattr(target, name)
         self.error = error
+        self.then = then
         self.calls: list[tuple[Any, ...]] = []
 
     def __call__(self, *args: Any) -> Any:
         self.calls.append(args)
         if len(self.calls) == 1:
+            if self.then is not None:
+                self.then.set()
             raise self.error
         return self.original(*args)
 
@@ -291,18 +256,27 @@ def test_what_the_early_write_could_not_write_is_written_with_the_rest(
     caplog: pytest.LogCaptureFixture,
     failing: str,
 ) -> None:
-    # GIVEN a page of 12 pushes, 4 in flight: 8 or more answers come before the last is out
+    # GIVEN a page of 12 pushes, 4 in flight, the last one answered only after the
+    # early write (SNS holds it)
     repository = clean_runtime.services.repository
     store = clean_runtime.services.store
     notification, page, event = page_of(clean_runtime, devices)
+    release = threading.Event()
+    held = Fault(HOLD, endpoints=frozenset({devices[-1].endpoint_arn}), release=release)
     # ... and Redis or PostgreSQL failing once: in the early write
     target = store if failing == "settle" else repository
     error = TransientStoreError("gone") if failing == "settle" else TransientDatabaseError("gone")
-    wrapped = FailingOnce(target, failing, error)
+    wrapped = FailingOnce(target, failing, error, then=release)
     monkeypatch.setattr(target, failing, wrapped)
 
     # WHEN the page is published
-    answer = sending.publish(event, repository, store, SnsPublisher(clean_runtime.client("sns"), 4))
+    publisher = publisher_of(clean_runtime, concurrency=4)
+    try:
+        with stand_in(clean_runtime).faulty(held):
+            answer = sending.publish(event, repository, store, publisher)
+    finally:
+        release.set()
+        publisher.close()
 
     # THEN nothing is raised: the failed part went again with the rest, and every
     # device has its row and its settled marker
@@ -317,20 +291,6 @@ def test_what_the_early_write_could_not_write_is_written_with_the_rest(
     assert "early write of a page failed" in caplog.text
 
 
-class HeldSns:
-    """The real SNS client, except that pushes to `held` endpoints wait for `release`."""
-
-    def __init__(self, client: Any, held: set[str]) -> None:
-        self._client = client
-        self._held = held
-        self.release = threading.Event()
-
-    def publish(self, **kwargs: Any) -> Any:
-        if kwargs["TargetArn"] in self._held:
-            self.release.wait(10)
-        return self._client.publish(**kwargs)
-
-
 def test_a_page_is_written_in_two_parts_none_twice(
     clean_runtime: LocalRuntime, devices: list[SeededDevice], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -338,24 +298,31 @@ def test_a_page_is_written_in_two_parts_none_twice(
     repository = clean_runtime.services.repository
     store = clean_runtime.services.store
     _, _, event = page_of(clean_runtime, devices)
-    sns = HeldSns(clean_runtime.client("sns"), {d.endpoint_arn for d in devices[-2:]})
+    release = threading.Event()
+    held = Fault(HOLD, endpoints=frozenset(d.endpoint_arn for d in devices[-2:]), release=release)
     written: list[list[int]] = []
     original = repository.record_deliveries
 
     def record(notification_id: str, number: int, results: Any) -> int:
         results = list(results)
         written.append([r.device_id for r in results])
-        sns.release.set()
+        release.set()
         return int(original(notification_id, number, results))
 
     monkeypatch.setattr(repository, "record_deliveries", record)
 
     # WHEN it is published, 4 in flight
-    sending.publish(event, repository, store, SnsPublisher(sns, concurrency=4))
+    publisher = publisher_of(clean_runtime, concurrency=4)
+    try:
+        with stand_in(clean_runtime).faulty(held):
+            sending.publish(event, repository, store, publisher)
+    finally:
+        publisher.close()
 
-    # THEN the rows of pushes answered went in while the last two were held (the
-    # pool hands over once 8 of 12 answered), the last two after; every device once
+    # THEN the rows of pushes answered went in while the last two were held, the
+    # last two after; every device once
+    assert held.fired == 2
     early, rest = written
-    assert len(early) >= len(devices) - 4
+    assert len(early) >= 1
     assert {d.device_id for d in devices[-2:]} <= set(rest)
     assert sorted(early + rest) == sorted(d.device_id for d in devices)

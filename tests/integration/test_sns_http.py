@@ -1,10 +1,11 @@
-"""The lighter SNS publisher against a local endpoint that speaks SNS's Publish API.
+"""The SNS publisher's wire format against a bare HTTP server of the test's own.
 
 A threaded HTTP server in the test answers each push by its endpoint ARN: a
 MessageId, Throttling, EndpointDisabled, a 500, a rejected parameter, or a
 hang-up. The publisher must sign every request with SigV4 for SNS, send the
-form botocore would send, and give each answer the outcome SnsPublisher gives
-the same answer.
+form botocore would send, and give each answer its outcome from the one
+classification table. (tests/integration/test_sns_stand_in.py runs it against
+the SNS stand-in.)
 """
 
 from __future__ import annotations
@@ -25,10 +26,8 @@ import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from botocore.exceptions import ClientError
 from botocore.serialize import create_serializer
 
-from pushflow.adapters.sns import classify
 from pushflow.adapters.sns_http import (
     SnsHttpPublisher,
     _ConnectionPool,
@@ -86,11 +85,24 @@ class FakeSns(ThreadingHTTPServer):
         self.clients: set[int] = set()
         self.in_flight = 0
         self.max_in_flight = 0
+        self.closed = 0
+        self.release = threading.Event()
         self.lock = threading.Lock()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/"
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
+        with self.lock:
+            self.closed += 1
+
+    def wait_closed(self, count: int, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.closed < count:
+            assert time.monotonic() < deadline, "the server did not close the connection"
+            time.sleep(0.005)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -111,12 +123,14 @@ class _Handler(BaseHTTPRequestHandler):
             server.in_flight += 1
             server.max_in_flight = max(server.max_in_flight, server.in_flight)
         time.sleep(server.delay)
+        if target == "held":  # answered once the test lets it
+            server.release.wait(10)
         with server.lock:
             server.in_flight -= 1
         if target == "hang-up":
             self.close_connection = True
             return
-        status, text = ANSWERS["ok" if target.startswith("close-after") else target]
+        status, text = ANSWERS["ok" if target.startswith(("close-after", "held")) else target]
         answer = text.format(message_id=f"msg-{target}").encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/xml")
@@ -156,15 +170,7 @@ def publisher(url: str, concurrency: int = 8) -> SnsHttpPublisher:
     return SnsHttpPublisher(url, region=REGION, credentials=CREDENTIALS, concurrency=concurrency)
 
 
-def client_error(code: str, status: int) -> ClientError:
-    response: Any = {
-        "Error": {"Code": code, "Message": code},
-        "ResponseMetadata": {"HTTPStatusCode": status},
-    }
-    return ClientError(response, "Publish")
-
-
-def test_each_answer_gets_the_outcome_snspublisher_gives_it() -> None:
+def test_each_answer_gets_its_outcome_in_the_pages_order() -> None:
     # GIVEN pushes whose endpoints answer in every way SNS answers
     targets = ["ok", "throttled", "disabled", "broken", "invalid", "bare-503"]
     with fake_sns() as sns:
@@ -175,24 +181,16 @@ def test_each_answer_gets_the_outcome_snspublisher_gives_it() -> None:
         finally:
             sender.close()
 
-    # THEN each outcome is in the page's order and classified as boto3's error would be
+    # THEN each outcome is in the page's order, with the code SNS answered
     assert [o.device_id for o in outcomes] == list(range(len(targets)))
     assert outcomes[0].status is PublishStatus.SENT
     assert outcomes[0].message_id == "msg-ok"
-    expected = {
-        "throttled": classify(1, client_error("Throttling", 400)),
-        "disabled": classify(2, client_error("EndpointDisabled", 400)),
-        "broken": classify(3, client_error("InternalError", 500)),
-        "invalid": classify(4, client_error("InvalidParameter", 400)),
-        "bare-503": classify(5, client_error("503", 503)),
-    }
-    assert outcomes[1:] == list(expected.values())
-    assert [o.status for o in outcomes[1:]] == [
-        PublishStatus.THROTTLED,
-        PublishStatus.ENDPOINT_DISABLED,
-        PublishStatus.RETRYABLE,
-        PublishStatus.FAILED,
-        PublishStatus.RETRYABLE,
+    assert [(o.status, o.error) for o in outcomes[1:]] == [
+        (PublishStatus.THROTTLED, "Throttling"),
+        (PublishStatus.ENDPOINT_DISABLED, "EndpointDisabled"),
+        (PublishStatus.UNKNOWN, "InternalError"),
+        (PublishStatus.FAILED, "InvalidParameter"),
+        (PublishStatus.UNKNOWN, "503"),
     ]
 
 
@@ -333,6 +331,7 @@ def test_a_connection_closed_while_idle_is_replaced_without_a_second_push() -> N
         try:
             # The server closes the connection after answering, without a Connection: close.
             assert sender.publish([push("close-after-1", 1)])[0].status is PublishStatus.SENT
+            sns.wait_closed(1)  # closed while idle, as a load balancer's timeout does
             outcome = sender.publish([push("close-after-2", 2)])[0]
         finally:
             sender.close()
@@ -342,7 +341,7 @@ def test_a_connection_closed_while_idle_is_replaced_without_a_second_push() -> N
     assert targets == ["close-after-1", "close-after-2"]
 
 
-def test_a_hang_up_without_an_answer_is_retryable_and_not_resent() -> None:
+def test_a_hang_up_without_an_answer_may_have_gone_and_is_not_resent() -> None:
     with fake_sns() as sns:
         sender = publisher(sns.url, concurrency=1)
         try:
@@ -350,12 +349,12 @@ def test_a_hang_up_without_an_answer_is_retryable_and_not_resent() -> None:
         finally:
             sender.close()
 
-    assert outcome.status is PublishStatus.RETRYABLE
+    assert outcome.status is PublishStatus.UNKNOWN
     assert outcome.error == "ConnectionClosedError"
     assert len(sns.requests) == 1
 
 
-def test_an_endpoint_nobody_listens_on_is_retryable() -> None:
+def test_an_endpoint_nobody_listens_on_is_retryable_as_never_sent() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -479,7 +478,7 @@ def test_moto_takes_the_pushes_as_sns_would() -> None:
         PublishStatus.ENDPOINT_DISABLED,
         "EndpointDisabled",
     )
-    assert (unknown.status, unknown.error) == (PublishStatus.FAILED, "NotFound")
+    assert (unknown.status, unknown.error) == (PublishStatus.ENDPOINT_DISABLED, "NotFound")
 
 
 def test_pushes_are_taken_as_they_go_out_and_early_outcomes_come_before_the_last_answer() -> None:
@@ -491,16 +490,18 @@ def test_pushes_are_taken_as_they_go_out_and_early_outcomes_come_before_the_last
         def pushes() -> Iterator[PushMessage]:
             for n in range(12):
                 arrived_before_taking.append(len(sns.requests))
-                yield push("ok", n)
+                # The last push is answered only once outcomes were handed over.
+                yield push("held" if n == 11 else "ok", n)
 
         def take_early(outcomes: list[Any]) -> None:
-            # Handed over while the last pushes are still unanswered.
+            # Handed over while the last push is still unanswered.
             early.append([o.device_id for o in outcomes])
-            assert sns.in_flight > 0
+            sns.release.set()
 
         try:
             outcomes = sender.publish(pushes(), take_early)
         finally:
+            sns.release.set()
             sender.close()
 
     assert [o.device_id for o in outcomes] == list(range(12))
@@ -511,4 +512,5 @@ def test_pushes_are_taken_as_they_go_out_and_early_outcomes_come_before_the_last
     # Once, with the outcomes of the waves before the last (never all of them).
     [handed] = early
     assert 4 <= len(handed) < 12
+    assert 11 not in handed
     assert len(set(handed)) == len(handed)

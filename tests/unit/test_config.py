@@ -1,10 +1,9 @@
-"""Configuration read once from the environment, and the SNS client it picks."""
+"""Configuration read once from the environment, and where SNS pushes go."""
 
 from __future__ import annotations
 
 import pytest
 
-from pushflow.adapters.sns import SnsPublisher
 from pushflow.adapters.sns_http import SnsHttpPublisher
 from pushflow.config import ConfigurationError, Settings
 from pushflow.services import Services
@@ -14,25 +13,19 @@ pytestmark = pytest.mark.unit
 BASE = {"DATABASE_URL": "postgresql://pushflow@localhost/pushflow", "REDIS_URL": "redis://x"}
 
 
-def test_deployed_functions_publish_through_the_signed_http_client() -> None:
-    services = Services(Settings.from_env(BASE))
-
-    assert services.settings.sns_client == "http"
-    assert isinstance(services.publisher, SnsHttpPublisher)
-
-
-def test_boto3_can_be_chosen_where_a_mock_of_botocore_must_see_the_pushes(
+def test_deployed_functions_publish_through_the_signed_http_client_to_the_resolved_endpoint(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")  # boto3 builds its client now
-    settings = Settings.from_env({**BASE, "SNS_CLIENT": "BOTO3"})
+    monkeypatch.delenv("AWS_ENDPOINT_URL_SNS", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    services = Services(Settings.from_env(BASE))
 
-    assert isinstance(Services(settings).publisher, SnsPublisher)
-
-
-def test_an_unknown_sns_client_is_refused_at_cold_start_naming_the_variable() -> None:
-    with pytest.raises(ConfigurationError, match="SNS_CLIENT must be one of http, boto3"):
-        Settings.from_env({**BASE, "SNS_CLIENT": "carrier-pigeon"})
+    assert services.settings.sns_publish_endpoint_url is None
+    assert isinstance(services.publisher, SnsHttpPublisher)
+    assert services.publisher.endpoint_url == "https://sns.eu-west-1.amazonaws.com/"
 
 
 def test_a_function_given_no_redis_url_nor_secret_is_told_which_variables_to_set() -> None:
@@ -41,3 +34,21 @@ def test_a_function_given_no_redis_url_nor_secret_is_told_which_variables_to_set
 
     with pytest.raises(ConfigurationError, match="set REDIS_URL, or REDIS_SECRET_ARN"):
         _ = settings.redis_url
+
+
+def test_local_mode_points_the_same_publisher_at_a_stand_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "local")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "local")
+    settings = Settings.from_env({**BASE, "SNS_PUBLISH_ENDPOINT_URL": "http://127.0.0.1:4575/"})
+
+    publisher = Services(settings).publisher
+    assert isinstance(publisher, SnsHttpPublisher)
+    assert publisher.endpoint_url == "http://127.0.0.1:4575/"
+
+
+def test_a_publish_endpoint_that_is_not_a_url_is_refused_at_cold_start_naming_it() -> None:
+    with pytest.raises(ConfigurationError, match="SNS_PUBLISH_ENDPOINT_URL must be an http"):
+        Settings.from_env({**BASE, "SNS_PUBLISH_ENDPOINT_URL": "sns.local:4575"})

@@ -36,9 +36,9 @@ class Settings:
     page_plan_bucket: str | None
     map_concurrency: int
     publish_concurrency: int
-    # "http": SnsHttpPublisher (deployed); "boto3": SnsPublisher, which moto's
-    # in-process mock can intercept (local mode sets it).
-    sns_client: str
+    # Where Publish requests go; unset (deployed), botocore resolves the regional
+    # endpoint. Not AWS_ENDPOINT_URL_SNS: endpoint management (boto3) follows that.
+    sns_publish_endpoint_url: str | None
     state_machine_arn: str | None
     apns_platform_application_arn: str | None
     apns_sandbox_platform_application_arn: str | None
@@ -74,12 +74,10 @@ class Settings:
                 raise ConfigurationError(f"{name} must be between {low} and {high}, got {value}")
             return value
 
-        def choice(name: str, allowed: tuple[str, ...]) -> str:
-            value = (text(name) or allowed[0]).lower()
-            if value not in allowed:
-                raise ConfigurationError(
-                    f"{name} must be one of {', '.join(allowed)}, got {value!r}"
-                )
+        def url(name: str) -> str | None:
+            value = text(name)
+            if value is not None and not value.startswith(("http://", "https://")):
+                raise ConfigurationError(f"{name} must be an http(s) URL, got {value!r}")
             return value
 
         database_url = text("DATABASE_URL")
@@ -97,7 +95,7 @@ class Settings:
             page_plan_bucket=text("PAGE_PLAN_BUCKET"),
             map_concurrency=number("MAP_CONCURRENCY", 40, 1, 10000),
             publish_concurrency=number("PUBLISH_CONCURRENCY", 32, 1, 256),
-            sns_client=choice("SNS_CLIENT", ("http", "boto3")),
+            sns_publish_endpoint_url=url("SNS_PUBLISH_ENDPOINT_URL"),
             state_machine_arn=text("STATE_MACHINE_ARN"),
             apns_platform_application_arn=text("APNS_PLATFORM_APPLICATION_ARN"),
             apns_sandbox_platform_application_arn=text("APNS_SANDBOX_PLATFORM_APPLICATION_ARN"),

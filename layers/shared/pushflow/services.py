@@ -75,15 +75,13 @@ class Services:
     @cached_property
     def publisher(self) -> Publisher:
         """Signed Publish requests over kept-alive sockets (a fraction of boto3's CPU per
-        push); boto3 where a mock of botocore must see them (local mode)."""
-        concurrency = self.settings.publish_concurrency
-        if self.settings.sns_client == "boto3":
-            from pushflow.adapters.sns import SnsPublisher
-
-            return SnsPublisher(self._client("sns"), concurrency=concurrency)
+        push), deployed and in local mode alike (there, to the SNS stand-in)."""
         from pushflow.adapters.sns_http import SnsHttpPublisher
 
-        return SnsHttpPublisher(concurrency=concurrency)
+        return SnsHttpPublisher(
+            self.settings.sns_publish_endpoint_url,
+            concurrency=self.settings.publish_concurrency,
+        )
 
     @cached_property
     def endpoints(self) -> EndpointRegistry:

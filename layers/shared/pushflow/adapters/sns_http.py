@@ -23,13 +23,19 @@ with one); http.client parses each answer's headers with the email package
 and writes headers and body separately, so requests and answers are handled
 here directly (HTTP/1.1, Content-Length or chunked).
 
-Answers are classified by `adapters.sns.classify`, so a page gets exactly the
-outcomes `SnsPublisher` gives it, transport failures included (as the
-botocore errors boto3 raises for them). Unlike boto3, nothing is retried
-here: a throttled or failed push comes back THROTTLED or RETRYABLE, and the
-state machine retries the page with backoff. The exception is a kept-alive
-connection the server closed while it was idle: the push goes again on
-another connection, as every HTTP client does, because the server never read it.
+Every answer is classified by one table (`classify_answer`): what it says
+the send does next. Nothing is retried here, with two exceptions that cannot
+push twice: a request that could not be written (a connection closed while
+idle, found closed before writing) goes again on a fresh connection, and a
+push refused for clock skew goes again once, signed with the server's time
+(the AWS SDKs for Java and JavaScript correct skew so; botocore does not).
+After a request was written, a reset, a timeout or a 5xx may hide a push
+that went out: it comes back UNKNOWN, never resent.
+
+What boto3 would handle is handled: credentials come from botocore's
+provider chain and are read again for each request (RefreshableCredentials
+rotate), the endpoint from botocore's resolution (region, FIPS, endpoint
+URL settings).
 """
 
 from __future__ import annotations
@@ -37,12 +43,15 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import email.utils
 import functools
 import hashlib
 import hmac
 import itertools
+import logging
 import os
 import re
+import select
 import selectors
 import socket
 import ssl
@@ -50,20 +59,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
-from xml.sax.saxutils import unescape
 
-from botocore.exceptions import (
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    ReadTimeoutError,
-)
-
-from pushflow.adapters.sns import classify
 from pushflow.config import ConfigurationError
 from pushflow.domain.publishing import EarlyOutcomes, PublishOutcome, PublishStatus, PushMessage
 
@@ -76,10 +75,13 @@ MAX_ANSWER_BYTES = 1 << 20
 # Once every push of a page is out, `early` outcomes are handed over after this
 # long without an answer: the burst of the wave before the last is over.
 EARLY_QUIET_SECONDS = 0.001
+# Fresh connections a request may fail to be written on before it counts as not sent.
+MAX_WRITE_ATTEMPTS = 3
+
+_log = logging.getLogger(__name__)
 
 _MESSAGE_ID = re.compile(rb"<MessageId>\s*([^<\s]+)\s*</MessageId>")
 _ERROR_CODE = re.compile(rb"<Code>\s*([^<]+?)\s*</Code>")
-_ERROR_MESSAGE = re.compile(rb"<Message>(.*?)</Message>", re.DOTALL)
 
 
 class _MalformedAnswer(Exception):
@@ -132,36 +134,97 @@ def _attribute_fields(attributes: tuple[tuple[str, tuple[tuple[str, Any], ...]],
     return "".join(f"&{form_quote(key)}={form_quote(val)}" for key, val in fields)
 
 
+# -- what an answer means --------------------------------------------------------
+
+# The one classification table. Codes are botocore's SNS model's and the query
+# protocol's common ones; a status decides what a code does not name.
+ENDPOINT_GONE_CODES = frozenset({"EndpointDisabled", "NotFound"})
+THROTTLED_CODES = frozenset(
+    {"Throttled", "Throttling", "ThrottlingException", "KMSThrottling", "RequestLimitExceeded"}
+)
+# Answers that say the whole send cannot work: no device is at fault.
+REJECTED_CODES = frozenset(
+    {
+        "AuthorizationError",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "IncompleteSignature",
+        "MissingAuthenticationToken",
+        "ExpiredToken",
+        "InvalidSecurity",
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "PlatformApplicationDisabled",
+        "KMSDisabled",
+        "KMSInvalidState",
+        "KMSNotFound",
+        "KMSAccessDenied",
+        "KMSOptInRequired",
+    }
+)
+# Answers that mean the request was signed at a time SNS does not accept.
+CLOCK_SKEW_CODES = frozenset(
+    {"SignatureDoesNotMatch", "RequestExpired", "RequestTimeTooSkewed", "InvalidSignatureException"}
+)
+# How far the server's clock must be from ours for a refusal to be skew.
+CLOCK_SKEW_SECONDS = 240.0
+
+# Transport failures, by whether the request had been written.
+CONNECT_FAILED = "EndpointConnectionError"  # nothing written: not sent
+CONNECT_TIMEOUT = "ConnectTimeoutError"  # nothing written: not sent
+WRITE_FAILED = "WriteFailed"  # not written whole, on fresh connections too: not sent
+READ_TIMEOUT = "ReadTimeoutError"  # written, no answer in time: may have gone
+CONNECTION_CLOSED = "ConnectionClosedError"  # written, closed or reset unanswered
+MALFORMED_ANSWER = "MalformedResponse"  # written, answered with something not SNS's
+
+_NOT_SENT = frozenset({CONNECT_FAILED, CONNECT_TIMEOUT, WRITE_FAILED})
+
+
+def classify_answer(device_id: int, code: str, status: int) -> PublishOutcome:
+    """What an SNS error answer (its code and HTTP status) means for the push."""
+    if code in ENDPOINT_GONE_CODES:
+        kind = PublishStatus.ENDPOINT_DISABLED
+    elif code in THROTTLED_CODES or status == 429:
+        kind = PublishStatus.THROTTLED
+    elif code in REJECTED_CODES or status in (401, 403):
+        kind = PublishStatus.REJECTED
+    elif status >= 500:
+        # SNS may have delivered before failing: no way to know.
+        kind = PublishStatus.UNKNOWN
+    else:
+        # InvalidParameter, ParameterValueInvalid, ValidationException, any other 4xx:
+        # this message cannot be sent.
+        kind = PublishStatus.FAILED
+    return PublishOutcome(device_id, kind, error=code)
+
+
+def classify_transport(device_id: int, failure: str) -> PublishOutcome:
+    """A push without an answer: safe to send again only if it was never written."""
+    kind = PublishStatus.RETRYABLE if failure in _NOT_SENT else PublishStatus.UNKNOWN
+    return PublishOutcome(device_id, kind, error=failure)
+
+
 def parse_answer(device_id: int, status: int, body: bytes) -> PublishOutcome:
-    """An SNS answer as the outcome SnsPublisher gives for the same answer."""
+    """An SNS answer as the outcome of the push it answers."""
     if status == 200:
         found = _MESSAGE_ID.search(body)
         if found:
             return PublishOutcome(device_id, PublishStatus.SENT, message_id=found.group(1).decode())
         # A 200 without a message id: SNS may have sent it, so never retry it.
-        return classify(device_id, _client_error("MalformedResponse", "no MessageId", status))
+        return classify_transport(device_id, MALFORMED_ANSWER)
     code = _ERROR_CODE.search(body)
-    message = _ERROR_MESSAGE.search(body)
-    return classify(
-        device_id,
-        _client_error(
-            code.group(1).decode() if code else str(status),
-            unescape(message.group(1).decode(errors="replace")) if message else "",
-            status,
-        ),
-    )
+    return classify_answer(device_id, code.group(1).decode() if code else str(status), status)
 
 
-def _client_error(code: str, message: str, status: int) -> ClientError:
-    response: Any = {
-        "Error": {"Code": code, "Message": message},
-        "ResponseMetadata": {"HTTPStatusCode": status},
-    }
-    return ClientError(response, "Publish")
+def answer_code(body: bytes) -> str | None:
+    code = _ERROR_CODE.search(body)
+    return code.group(1).decode() if code else None
 
 
-def parse_http_answer(buffer: bytes, closed: bool) -> tuple[int, bytes, bool] | None:
-    """(status, body, keep-alive) once `buffer` holds a whole HTTP/1.x answer, else None.
+def parse_http_answer(buffer: bytes, closed: bool) -> tuple[int, bytes, bool, str] | None:
+    """(status, body, keep-alive, Date header) once `buffer` holds a whole HTTP/1.x
+    answer, else None.
 
     `closed`: the server closed the connection after `buffer` (a body without a
     length ends there).
@@ -187,15 +250,16 @@ def parse_http_answer(buffer: bytes, closed: bool) -> tuple[int, bytes, bool] | 
         headers[name.strip().lower()] = value.strip().lower()
     connection = headers.get("connection", "")
     keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
+    date = headers.get("date", "")
     if status in (204, 304):
-        return status, b"", keep_alive
+        return status, b"", keep_alive, date
     if "chunked" in headers.get("transfer-encoding", ""):
         body = _dechunk(buffer)
-        return None if body is None else (status, body, keep_alive)
+        return None if body is None else (status, body, keep_alive, date)
     if "content-length" in headers:
         length = int(headers["content-length"])
-        return (status, buffer[:length], keep_alive) if len(buffer) >= length else None
-    return (status, buffer, False) if closed else None
+        return (status, buffer[:length], keep_alive, date) if len(buffer) >= length else None
+    return (status, buffer, False, date) if closed else None
 
 
 def _dechunk(buffer: bytes) -> bytes | None:
@@ -220,15 +284,17 @@ def _dechunk(buffer: bytes) -> bytes | None:
 
 
 def resolve_endpoint(session: Any, region: str) -> str:
-    """AWS_ENDPOINT_URL_SNS (or AWS_ENDPOINT_URL) when set, else botocore's endpoint data."""
-    configured = os.environ.get("AWS_ENDPOINT_URL_SNS") or os.environ.get("AWS_ENDPOINT_URL")
-    if configured:
-        return configured.strip()
-    from botocore.regions import EndpointResolver
-
-    endpoint = EndpointResolver(session.get_data("endpoints")).construct_endpoint("sns", region)
-    hostname = endpoint.get("hostname") if endpoint else None
-    return f"https://{hostname or f'sns.{region}.amazonaws.com'}"
+    """The SNS endpoint botocore resolves for the region: the partition's DNS suffix,
+    FIPS (AWS_USE_FIPS_ENDPOINT / use_fips_endpoint), dual-stack and endpoint URL
+    settings (AWS_ENDPOINT_URL_SNS) as boto3 would honor them. Resolved once, by a
+    client that is never used to call (its credentials are placeholders)."""
+    client = session.create_client(
+        "sns",
+        region_name=region,
+        aws_access_key_id="resolve-only",
+        aws_secret_access_key="resolve-only",  # noqa: S106 - never signs anything
+    )
+    return str(client.meta.endpoint_url)
 
 
 @dataclass(eq=False)
@@ -247,6 +313,16 @@ class _Connection:
         except (ConnectionResetError, ssl.SSLEOFError):
             return b""
         return data
+
+    def dropped(self) -> bool:
+        """The server closed (or reset) it while it was idle: an idle HTTP/1.1
+        connection has nothing to read unless it was closed. Checked before a request
+        is written on a reused connection, so a push never goes into one known dead."""
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -293,6 +369,9 @@ class _ConnectionPool:
                     found = connection
                     break
                 stale.append(connection)
+        if found is not None and found.dropped():
+            stale.append(found)
+            found = None
         for connection in stale:
             connection.close()
         if found is not None:
@@ -321,6 +400,16 @@ class _ConnectionPool:
 # -- the publisher -------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _ServerClock:
+    """How far SNS's clock is from ours, learned from a skew refusal's Date header."""
+
+    offset: float = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     """Where and as whom pushes go, resolved on first use."""
@@ -328,6 +417,7 @@ class _Target:
     pool: _ConnectionPool
     region: str
     credentials: Any
+    clock: _ServerClock = field(default_factory=_ServerClock)
 
 
 @dataclass(eq=False)
@@ -336,7 +426,6 @@ class _Exchange:
 
     position: int
     connection: _Connection
-    reused: bool
     deadline: float
     answer: bytes = b""
 
@@ -373,6 +462,8 @@ class _PageRun:
         self.waiting: deque[int] = deque()
         self.requests: dict[int, bytes] = {}
         self.in_flight: set[_Exchange] = set()
+        # Pushes sent again after a clock-skew refusal (once each).
+        self.skew_retried: set[int] = set()
         self.selector = selectors.DefaultSelector()
 
     def run(self) -> list[PublishOutcome]:
@@ -401,7 +492,7 @@ class _PageRun:
                     self._on_readable(key.data)
                 now = time.monotonic()
                 for exchange in [e for e in self.in_flight if e.deadline <= now]:
-                    self._fail(exchange, ReadTimeoutError(endpoint_url=self.url))
+                    self._fail(exchange, READ_TIMEOUT)
         finally:
             for exchange in self.in_flight:
                 exchange.connection.close()
@@ -443,27 +534,29 @@ class _PageRun:
     def _start(self, position: int) -> None:
         """Write the push's request on a connection (an idle one, else a new one)."""
         request = self._request(position)
+        fresh_attempts = 0
         while True:
             try:
                 connection = self.target.pool.get()
             except TimeoutError:
-                self._outcome(position, ConnectTimeoutError(endpoint_url=self.url))
+                self._outcome(position, CONNECT_TIMEOUT)
                 return
-            except OSError as error:
-                self._outcome(position, EndpointConnectionError(endpoint_url=self.url, error=error))
+            except OSError:
+                self._outcome(position, CONNECT_FAILED)
                 return
             try:
                 connection.sock.sendall(request)
-            except OSError as error:
+            except OSError:
+                # Not written whole: SNS cannot act on a part of a request, so the
+                # push goes again on another connection (a few times at most).
                 connection.close()
-                stale = isinstance(error, BrokenPipeError | ConnectionResetError | ssl.SSLEOFError)
-                if stale and connection.answers:
-                    continue  # closed while idle, before this push: the next one takes it
-                self._outcome(position, ConnectionClosedError(endpoint_url=self.url))
-                return
-            exchange = _Exchange(
-                position, connection, connection.answers > 0, time.monotonic() + self.timeout
-            )
+                if not connection.answers:
+                    fresh_attempts += 1
+                    if fresh_attempts >= MAX_WRITE_ATTEMPTS:
+                        self._outcome(position, WRITE_FAILED)
+                        return
+                continue
+            exchange = _Exchange(position, connection, time.monotonic() + self.timeout)
             self.in_flight.add(exchange)
             self.selector.register(connection.sock, selectors.EVENT_READ, exchange)
             return
@@ -472,33 +565,52 @@ class _PageRun:
         try:
             chunk = exchange.connection.receive()
         except TimeoutError:  # TLS: the rest of a record never came
-            self._fail(exchange, ReadTimeoutError(endpoint_url=self.url))
+            self._fail(exchange, READ_TIMEOUT)
             return
         except OSError:
-            self._fail(exchange, ConnectionClosedError(endpoint_url=self.url))
+            self._fail(exchange, CONNECTION_CLOSED)
             return
         exchange.answer += chunk
         try:
             answer = parse_http_answer(exchange.answer, closed=not chunk)
         except (_MalformedAnswer, ValueError):
-            self._fail(exchange, ConnectionClosedError(endpoint_url=self.url))
+            self._fail(exchange, MALFORMED_ANSWER)
             return
         if answer is not None:
-            status, body, keep_alive = answer
+            status, body, keep_alive, date = answer
             exchange.connection.answers += 1
-            push = self.pushes[exchange.position]
-            self.outcomes[exchange.position] = parse_answer(push.device_id, status, body)
+            position = exchange.position
+            if status != 200 and self._skewed(position, body, date):
+                self.waiting.appendleft(position)  # signed again, with SNS's time
+            else:
+                push = self.pushes[position]
+                self.outcomes[position] = parse_answer(push.device_id, status, body)
             if keep_alive and self._next_waiting():
                 self._next_on(exchange)
             else:
                 self._end(exchange, keep=keep_alive)
         elif not chunk:
-            if exchange.reused and not exchange.answer:
-                # Closed while idle, before reading this push: send it again.
-                self._end(exchange, keep=False)
-                self.waiting.appendleft(exchange.position)
-            else:
-                self._fail(exchange, ConnectionClosedError(endpoint_url=self.url))
+            # Closed after the request was written (connections found closed are
+            # not written to): SNS may have taken the push. Never sent again.
+            self._fail(exchange, CONNECTION_CLOSED)
+
+    def _skewed(self, position: int, body: bytes, date: str) -> bool:
+        """A refusal for clock skew: learn SNS's time from its Date header and sign
+        the push again, once (SNS refused it, so it cannot have gone)."""
+        if position in self.skew_retried or answer_code(body) not in CLOCK_SKEW_CODES:
+            return False
+        try:
+            server_time = email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError, IndexError):
+            return False
+        offset = server_time - time.time()
+        if abs(offset) < CLOCK_SKEW_SECONDS:
+            return False
+        self.target.clock.offset = offset
+        self.skew_retried.add(position)
+        self.requests.pop(position, None)
+        _log.warning("SNS refused a push for clock skew of %.0f s; signing with its time", offset)
+        return True
 
     def _next_on(self, exchange: _Exchange) -> None:
         """The next push on the connection that just answered, still registered with
@@ -513,7 +625,6 @@ class _PageRun:
             self.waiting.appendleft(position)
             return
         exchange.position = position
-        exchange.reused = True
         exchange.deadline = time.monotonic() + self.timeout
         exchange.answer = b""
 
@@ -525,12 +636,12 @@ class _PageRun:
         else:
             exchange.connection.close()
 
-    def _fail(self, exchange: _Exchange, error: Exception) -> None:
+    def _fail(self, exchange: _Exchange, failure: str) -> None:
         self._end(exchange, keep=False)
-        self._outcome(exchange.position, error)
+        self._outcome(exchange.position, failure)
 
-    def _outcome(self, position: int, error: Exception) -> None:
-        self.outcomes[position] = classify(self.pushes[position].device_id, error)
+    def _outcome(self, position: int, failure: str) -> None:
+        self.outcomes[position] = classify_transport(self.pushes[position].device_id, failure)
 
 
 class SnsHttpPublisher:
@@ -583,7 +694,9 @@ class SnsHttpPublisher:
         if credentials is None:
             raise ConfigurationError("no AWS credentials found for SNS")
         endpoint = self._endpoint_url or resolve_endpoint(session, str(region))
-        return _Target(_ConnectionPool(endpoint, self._timeout), str(region), credentials)
+        return _Target(
+            _ConnectionPool(endpoint, self._timeout), str(region), credentials, _ServerClock()
+        )
 
     @property
     def endpoint_url(self) -> str:
@@ -616,7 +729,7 @@ def _signed_request(target: _Target, body: bytes, now: datetime.datetime | None 
     # Frozen per request: a refresh between reading the key id and the secret
     # would sign with a mismatched pair.
     frozen = target.credentials.get_frozen_credentials()
-    amz_date = _amz_date(int(time.time())) if now is None else _format_amz_date(now)
+    amz_date = _amz_date(int(target.clock.now())) if now is None else _format_amz_date(now)
     pool = target.pool
     canonical_head, to_sign_head, key, head = _request_parts(
         pool.host_header,

@@ -67,5 +67,11 @@ class PublishError(TransientError):
     """SNS failed in a way that is worth retrying (5xx, connection reset)."""
 
 
+class PublishRejectedError(PushflowError):
+    """SNS refused a page's pushes for a reason no device has (credentials, authorization,
+    a disabled platform application, KMS): the ASL retries it a little, then fails
+    the page as an error. No device gets a row for it; what went out is recorded."""
+
+
 class RetriesExhausted(PushflowError):
     """A page could not be completed; raised so the ASL's Catch records it."""

@@ -1,7 +1,7 @@
 """What publishing a page means to the domain: pushes in, one outcome per device out.
 
-The SNS adapters (`adapters/sns.py`, and any lighter client) implement
-`Publisher`; the send step only sees these types.
+The SNS adapter (`adapters/sns_http.py`) implements `Publisher`; the send
+step only sees these types.
 """
 
 from __future__ import annotations
@@ -13,11 +13,24 @@ from typing import Protocol
 
 
 class PublishStatus(StrEnum):
+    """What SNS's answer (or its absence) says about one push."""
+
     SENT = "sent"
+    # The endpoint is disabled or deleted: the device is disabled.
     ENDPOINT_DISABLED = "endpoint_disabled"
+    # Not sent: SNS refused it for the account's rate; safe to send again.
     THROTTLED = "throttled"
+    # Not sent: it never reached SNS (no connection); safe to send again.
     RETRYABLE = "retryable"
+    # May have gone: a 5xx, a timeout or a reset after the request was written.
+    # SNS has no idempotency token for mobile push, so sending it again may
+    # push twice; never resent by a publisher, the caller decides.
+    UNKNOWN = "unknown"
+    # This one message cannot be sent (a parameter SNS rejects).
     FAILED = "failed"
+    # SNS says the whole send cannot work (credentials, authorization, a
+    # disabled platform application, KMS): not this device's failure.
+    REJECTED = "rejected"
 
 
 @dataclass(frozen=True, slots=True)

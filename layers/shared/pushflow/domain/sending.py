@@ -21,7 +21,12 @@ from pushflow.domain.content import (
     placeholders,
     validate_content,
 )
-from pushflow.domain.errors import ThrottledError, TransientStoreError, UnfillablePlaceholder
+from pushflow.domain.errors import (
+    PublishRejectedError,
+    ThrottledError,
+    TransientStoreError,
+    UnfillablePlaceholder,
+)
 from pushflow.domain.models import (
     DeliveryResult,
     Notification,
@@ -316,7 +321,9 @@ def _marker_for(result: DeliveryResult) -> str:
     return f"{prefix}{result.error}"
 
 
-# What each final answer from SNS becomes; THROTTLED and RETRYABLE release the device.
+# What each final answer from SNS becomes. The others release the device for the
+# page's retry: THROTTLED and RETRYABLE (not sent), UNKNOWN (may have gone; issue
+# 15 decides per category whether to send again), REJECTED (the send cannot work).
 _OUTCOME_OF = {
     PublishStatus.SENT: Outcome.SENT,
     PublishStatus.ENDPOINT_DISABLED: Outcome.ENDPOINT_DISABLED,
@@ -358,6 +365,12 @@ class _PageWrites:
         self.results = results
         self.settled: dict[int, str] = {}
         self.released: list[int] = []
+        # Released devices by why: kept apart so a push that may have gone is never
+        # counted as one that did not.
+        self.released_as: dict[PublishStatus, int] = {}
+        self.rejected_codes: set[str] = set()
+        # Device id -> why SNS's answer cannot say whether its push went out.
+        self.maybe_gone: dict[int, str] = {}
         # Pushed and not answered yet: the recipient behind each push.
         self.awaited: dict[int, Recipient] = {}
         # How much of `results`, `settled` and `released` is written already.
@@ -396,6 +409,11 @@ class _PageWrites:
             final = _OUTCOME_OF.get(outcome.status)
             if final is None:
                 self.released.append(recipient.device_id)
+                self.released_as[outcome.status] = self.released_as.get(outcome.status, 0) + 1
+                if outcome.status is PublishStatus.REJECTED:
+                    self.rejected_codes.add(outcome.error or "rejected")
+                if outcome.status is PublishStatus.UNKNOWN:
+                    self.maybe_gone[recipient.device_id] = outcome.error or "unknown"
             else:
                 self._settle_as(recipient, final, outcome.message_id, outcome.error)
 
@@ -460,6 +478,9 @@ def publish(
     came before the last wave of pushes while that wave is in flight). On
     throttling or an SNS 5xx, ThrottledError is raised after that: the ASL
     retries the page, and the retry pushes only the devices that were released.
+    When SNS refuses the send itself (credentials, authorization, a disabled
+    platform application), PublishRejectedError is raised instead, after the
+    same writes: no device gets a row for a refusal that is not its own.
     """
     notification = repository.get_notification(event["notification_id"])
     page = PageRef.from_event(event)
@@ -484,14 +505,33 @@ def publish(
     # retried; once its retries are spent, RecordPageFailure writes `failed`
     # only for devices without a row. RecordResults then has nothing left to write.
     writes.write_rest()
+    if writes.maybe_gone:
+        _log.warning(
+            "%d pushes may have gone (%s): released for the page's retry; devices %s",
+            len(writes.maybe_gone),
+            ", ".join(sorted(set(writes.maybe_gone.values()))),
+            sorted(writes.maybe_gone)[:20],
+        )
+    released = ", ".join(f"{count} {kind.value}" for kind, count in writes.released_as.items())
+    if PublishStatus.REJECTED in writes.released_as:
+        # Not a device's failure: no row for the refused devices; the ASL retries a
+        # little, then fails the page as an error.
+        raise PublishRejectedError(
+            f"SNS refused the send ({_rejection(writes)}); of {len(recipients)} pushes:"
+            f" {released}; {len(writes.settled)} settled and recorded"
+        )
     if writes.released:
         raise ThrottledError(
-            f"{len(writes.released)} of {len(recipients)} pushes throttled or failed"
-            f" transiently; {len(writes.settled)} settled and recorded, the rest is retried"
+            f"{len(writes.released)} of {len(recipients)} pushes not settled ({released});"
+            f" {len(writes.settled)} settled and recorded, the rest is retried"
         )
     # The rows are in PostgreSQL: the answer says how the page went, not how each
     # device did (Step Functions carries and copies every state's data).
     return page_event(notification.id, page, recorded=True, outcomes=outcome_totals(results))
+
+
+def _rejection(writes: _PageWrites) -> str:
+    return ", ".join(sorted(writes.rejected_codes)) or "rejected"
 
 
 def _unrecorded(
