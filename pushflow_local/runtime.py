@@ -281,9 +281,17 @@ class LocalRuntime:
         setattr(retrier_decl, "time", _ScaledSleep(self.retry_sleep_scale))  # noqa: B010
         self._stack.callback(setattr, retrier_decl, "time", original_time)
         self._patch_wait_states()
+        self._install_redrive()
         self._invoke_task_functions_directly()
         self._copy_state_data_faster()
         self._parse_each_json_path_once()
+
+    def _install_redrive(self) -> None:
+        """RedriveExecution, which moto lacks (pushflow_local/redrive.py)."""
+        from pushflow_local.redrive import LocalRedrive
+
+        self.redrive = LocalRedrive(self.clock.now)
+        self.redrive.install(self._stack)
 
     def _invoke_task_functions_directly(self) -> None:
         """A Task state's `lambda:invoke` calls the function here, not through boto3.
@@ -713,6 +721,32 @@ class LocalRuntime:
                     logging.getLogger(__name__).exception("firing schedules failed")
 
         thread = threading.Thread(target=loop, name="schedules", daemon=True)
+        thread.start()
+        self._stack.callback(thread.join, 5)
+        self._stack.callback(stop.set)
+
+    # -- every send ends (the template's ReconcileSendsFunction, run here) ----------
+
+    def reconcile_sends(self) -> dict[str, Any]:
+        """Run ReconcileSendsFunction once, as its schedule does deployed."""
+        summary: dict[str, Any] = self.invoke(
+            "ReconcileSendsFunction",
+            {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}},
+        )
+        return summary
+
+    def reconcile_sends_continuously(self, every: float = 60.0) -> None:
+        """`pushflow local serve`: run the reconciler in the background until stopped."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(every):
+                try:
+                    self.reconcile_sends()
+                except Exception:
+                    logging.getLogger(__name__).exception("reconciling sends failed")
+
+        thread = threading.Thread(target=loop, name="reconcile-sends", daemon=True)
         thread.start()
         self._stack.callback(thread.join, 5)
         self._stack.callback(stop.set)
