@@ -26,7 +26,7 @@ from pushflow.domain import sending
 from pushflow.domain.models import NotificationStatus, PageRef
 from pushflow.validation import validate
 from pushflow_local.runtime import LocalRuntime
-from pushflow_local.seed import SeededDevice, seed_users, varied_users
+from pushflow_local.seed import SeededDevice, SeedUser, seed_users, varied_users
 from pushflow_local.server import LocalApiServer
 from tests.e2e.test_send import (
     SAMPLE_REQUEST,
@@ -350,3 +350,22 @@ def test_an_aborted_send_redriven_through_the_api_pushes_only_what_had_not_gone(
     assert status == 409 and body["error"] == "conflict", body
     status, body = post(api, f"/v1/notifications/{uuid.uuid4()}/redrive")
     assert status == 404, body
+
+
+def test_a_send_whose_failure_was_recorded_is_refused_a_redrive_saying_why(
+    clean_runtime: LocalRuntime, api: LocalApiServer
+) -> None:
+    # GIVEN a send Prepare refused (a placeholder no attribute fills): caught, recorded, failed
+    seed_users(clean_runtime, [SeedUser(f"{unique_prefix()}-nameless", devices=[("ios", False)])])
+    notification_id, execution_arn = start_send(clean_runtime)
+    ended = clean_runtime.wait(execution_arn, timeout=WAIT_SECONDS)
+    assert (ended["status"], ended["error"]) == ("FAILED", "SendFailed")
+
+    # WHEN a backend asks to redrive it
+    status, body = post(api, f"/v1/notifications/{notification_id}/redrive")
+
+    # THEN it is refused, naming the recorded failure; the send stays failed
+    assert status == 409, body
+    assert "first_name" in body["message"]
+    finished = clean_runtime.services.repository.get_notification(notification_id)
+    assert finished.status is NotificationStatus.FAILED

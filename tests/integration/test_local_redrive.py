@@ -140,6 +140,7 @@ def test_a_failed_execution_is_redriven_from_the_state_that_failed(
     # THEN only the state that failed ran again, with its input, and the execution went on
     assert clean_runtime.state_path(arn)[entered_before:] == ["RecordSendFailure", "SendFailed"]
     assert ended["status"] == "FAILED" and ended["executionArn"] == arn
+    assert ended["error"] == "SendFailed"  # the Fail state's Error: the API refuses to redrive
     assert calls == [False, True, True]
     finished = repository.get_notification(notification_id)
     assert finished.status is NotificationStatus.FAILED

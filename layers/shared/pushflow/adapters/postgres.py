@@ -1339,12 +1339,14 @@ class Repository:
         return {outcome: int(count) for outcome, count in rows}
 
     def finish_unfinished(
-        self, notification_id: str, status: NotificationStatus, error: str
+        self, notification_id: str, status: NotificationStatus, error: str, execution_arn: str
     ) -> Notification | None:
-        """The final status of a send the reconciler closed, unless it moved on meanwhile."""
+        """The final status of a send the reconciler closed, unless it moved on meanwhile.
+        The execution's ARN is kept, so a retried API request never starts a finished send."""
         rows = self.run(
             "UPDATE notifications n SET status = :status, error = :error, completed_at = now(),"
             " recipient_count = coalesce(recipient_count, 0),"
+            " execution_arn = coalesce(execution_arn, :arn),"
             " counts = coalesce((SELECT jsonb_object_agg(outcome, c) FROM"
             "   (SELECT outcome, count(*) AS c FROM deliveries"
             "    WHERE notification_id = n.id GROUP BY outcome) per_outcome), '{}'::jsonb)"
@@ -1352,6 +1354,7 @@ class Repository:
             id=notification_id,
             status=status.value,
             error=error[:1000],
+            arn=execution_arn,
         )
         return self.get_notification(notification_id) if rows else None
 
@@ -1369,6 +1372,13 @@ class Repository:
             )
             if not rows:
                 return False
+            # Deferrals the reconciler closed wait for their pass again; its other rows go.
+            conn.run(
+                "UPDATE deliveries SET outcome = 'deferred', error = NULL, reconciled = false"
+                " WHERE notification_id = CAST(:id AS uuid) AND reconciled"
+                " AND deferred_until IS NOT NULL",
+                id=notification_id,
+            )
             conn.run(
                 "DELETE FROM deliveries WHERE notification_id = CAST(:id AS uuid) AND reconciled",
                 id=notification_id,

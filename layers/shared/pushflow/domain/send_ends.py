@@ -37,6 +37,8 @@ RESUMABLE = (
     NotificationStatus.FAILED,
     NotificationStatus.COMPLETED_WITH_FAILURES,
 )
+# The Error of the ASL's Fail state (SendFailed), reached after RecordSendFailure.
+FAIL_STATE_ERROR = "SendFailed"
 # Step Functions keeps a failed execution redrivable for 14 days.
 REDRIVE_WINDOW = timedelta(days=14)
 
@@ -75,7 +77,7 @@ class SendEndsRepository(Protocol):
         self, notification_id: str, audience_spec: Mapping[str, Any], error: str
     ) -> dict[str, int] | None: ...
     def finish_unfinished(
-        self, notification_id: str, status: NotificationStatus, error: str
+        self, notification_id: str, status: NotificationStatus, error: str, execution_arn: str
     ) -> Notification | None: ...
     def resume(self, notification_id: str, resumable: tuple[NotificationStatus, ...]) -> bool: ...
     def forget_removed_devices(self, removed_before: datetime) -> int: ...
@@ -141,11 +143,12 @@ def reconcile(
     summary = ReconcileSummary()
     for notification in repository.unfinished_sends(now - policy.grace, policy.batch_size):
         summary.examined += 1
-        execution = executions.describe(execution_arn(notification, executions))
+        arn = execution_arn(notification, executions)
+        execution = executions.describe(arn)
         if execution is not None and execution.status == RUNNING:
             summary.still_running += 1
             continue
-        finished = finalize_ended(repository, notification, execution)
+        finished = finalize_ended(repository, notification, execution, arn)
         if finished is not None:
             summary.finalized[finished.id] = finished.status.value
     summary.removed_forgotten = repository.forget_removed_devices(now - policy.keep_removed)
@@ -153,7 +156,10 @@ def reconcile(
 
 
 def finalize_ended(
-    repository: SendEndsRepository, notification: Notification, execution: ExecutionInfo | None
+    repository: SendEndsRepository,
+    notification: Notification,
+    execution: ExecutionInfo | None,
+    arn: str,
 ) -> Notification | None:
     """Give a send whose execution ended its rows and its final status."""
     reason = "execution never started" if execution is None else execution.describe()
@@ -164,7 +170,7 @@ def finalize_ended(
     # Devices never reached have `failed` rows: the usual rule then tells failed
     # from completed_with_failures; a send that planned nothing failed.
     status = final_status(notification, counts) if counts else NotificationStatus.FAILED
-    finished = repository.finish_unfinished(notification.id, status, error)
+    finished = repository.finish_unfinished(notification.id, status, error, arn)
     if finished is not None and finished.schedule_id:
         repository.complete_schedule(finished.schedule_id)
     return finished
@@ -192,6 +198,12 @@ def redrive(
         raise Conflict(
             f"the send's execution is {execution.status}: only a failed, timed out"
             " or aborted execution can be redriven"
+        )
+    if execution.error == FAIL_STATE_ERROR:
+        # Its failure was caught and recorded; a redrive re-enters the Fail state.
+        raise Conflict(
+            f"the send failed and its failure was recorded ({notification.error});"
+            " its execution ended in its Fail state, which a redrive would only re-enter"
         )
     if execution.stopped_at is not None and now - execution.stopped_at > REDRIVE_WINDOW:
         raise Conflict("the send's execution stopped more than 14 days ago")
