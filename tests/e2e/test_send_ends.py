@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from pushflow.domain import sending
+from pushflow.domain.errors import TransientDatabaseError
 from pushflow.domain.models import NotificationStatus, PageRef
 from pushflow.validation import validate
 from pushflow_local.runtime import LocalRuntime
@@ -199,7 +200,7 @@ def test_a_send_whose_execution_never_started_is_finalized(clean_runtime: LocalR
     assert summary["finalized"] == {notification.id: "failed"}
     finished = repository.get_notification(notification.id)
     assert finished.status is NotificationStatus.FAILED
-    assert finished.error == "not sent: execution never started"
+    assert finished.error == "execution never started"
     assert finished.recipient_count == 0 and finished.counts == {}
 
 
@@ -227,6 +228,36 @@ def test_a_send_still_running_is_left_alone(
     finished = repository.get_notification(notification_id)
     assert finished.status is NotificationStatus.COMPLETED
     assert finished.counts == {"sent": len(devices)}
+
+
+def test_a_send_whose_finalize_outlasted_its_retries_is_finalized_from_its_rows(
+    clean_runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a send whose pages all went out, then PostgreSQL stayed away through
+    # Finalize's retries and RecordSendFailure's: the execution FAILED, the send is running
+    devices = audience(clean_runtime, users=30)
+
+    def database_away(event: Any, repository: Any) -> Any:
+        raise TransientDatabaseError("PostgreSQL: connection refused")
+
+    monkeypatch.setattr(sending, "finalize", database_away)
+    notification_id, execution_arn = start_send(clean_runtime)
+    assert clean_runtime.wait(execution_arn, timeout=WAIT_SECONDS)["status"] == "FAILED"
+    monkeypatch.undo()
+    repository = clean_runtime.services.repository
+    assert repository.get_notification(notification_id).status is NotificationStatus.RUNNING
+
+    # WHEN the reconciler runs past its grace period
+    clean_runtime.clock.advance(PAST_GRACE)
+    clean_runtime.reconcile_sends()
+
+    # THEN the send is completed from its rows, and the execution's failure is recorded
+    finished = repository.get_notification(notification_id)
+    assert finished.status is NotificationStatus.COMPLETED
+    assert finished.counts == {"sent": len(devices)} == {"sent": finished.recipient_count}
+    assert finished.error == (
+        "execution FAILED (TransientDatabaseError: PostgreSQL: connection refused)"
+    )
 
 
 # -- devices removed after planning -----------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from pushflow.domain.errors import Conflict
 from pushflow.domain.models import Notification, NotificationStatus
-from pushflow.domain.sending import execution_name, final_status, send_audience
+from pushflow.domain.sending import describe_error, execution_name, final_status, send_audience
 
 # Step Functions' execution statuses.
 RUNNING = "RUNNING"
@@ -54,8 +54,11 @@ class ExecutionInfo:
     cause: str | None = None
 
     def describe(self) -> str:
-        detail = ": ".join(part for part in (self.error, self.cause) if part)
-        return f"execution {self.status}" + (f" ({detail})" if detail else "")
+        if not (self.error or self.cause):
+            return f"execution {self.status}"
+        # A task's cause is Lambda's error JSON: its message is what a reader needs.
+        detail = describe_error({"Error": self.error or "Error", "Cause": self.cause or ""})
+        return f"execution {self.status} ({detail})"
 
 
 class Executions(Protocol):
@@ -163,14 +166,16 @@ def finalize_ended(
 ) -> Notification | None:
     """Give a send whose execution ended its rows and its final status."""
     reason = "execution never started" if execution is None else execution.describe()
-    error = f"not sent: {reason}"
-    counts = repository.close_unfinished(notification.id, send_audience(notification), error)
+    # Rows of devices never reached say they were not sent, and why.
+    counts = repository.close_unfinished(
+        notification.id, send_audience(notification), f"not sent: {reason}"
+    )
     if counts is None:  # finalized or resumed meanwhile
         return None
     # Devices never reached have `failed` rows: the usual rule then tells failed
     # from completed_with_failures; a send that planned nothing failed.
     status = final_status(notification, counts) if counts else NotificationStatus.FAILED
-    finished = repository.finish_unfinished(notification.id, status, error, arn)
+    finished = repository.finish_unfinished(notification.id, status, reason, arn)
     if finished is not None and finished.schedule_id:
         repository.complete_schedule(finished.schedule_id)
     return finished
