@@ -26,6 +26,8 @@ from pushflow.domain import sending
 from pushflow.domain.errors import TransientDatabaseError
 from pushflow.domain.models import NotificationStatus, PageRef
 from pushflow.validation import validate
+from pushflow_local import cli
+from pushflow_local.auth import LocalCredentials
 from pushflow_local.runtime import LocalRuntime
 from pushflow_local.seed import SeededDevice, SeedUser, seed_users, varied_users
 from pushflow_local.server import LocalApiServer
@@ -384,7 +386,11 @@ def test_an_aborted_send_redriven_through_the_api_pushes_only_what_had_not_gone(
 
 
 def test_a_send_whose_failure_was_recorded_is_refused_a_redrive_saying_why(
-    clean_runtime: LocalRuntime, api: LocalApiServer
+    clean_runtime: LocalRuntime,
+    api: LocalApiServer,
+    credentials: LocalCredentials,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # GIVEN a send Prepare refused (a placeholder no attribute fills): caught, recorded, failed
     seed_users(clean_runtime, [SeedUser(f"{unique_prefix()}-nameless", devices=[("ios", False)])])
@@ -400,3 +406,7 @@ def test_a_send_whose_failure_was_recorded_is_refused_a_redrive_saying_why(
     assert "first_name" in body["message"]
     finished = clean_runtime.services.repository.get_notification(notification_id)
     assert finished.status is NotificationStatus.FAILED
+    # AND `pushflow local redrive` says the same and exits non-zero
+    monkeypatch.setattr("pushflow_local.auth.load_credentials", lambda: credentials)
+    assert cli.main(["local", "redrive", notification_id, "--url", api.url]) == 1
+    assert "first_name" in json.loads(capsys.readouterr().err)["message"]
