@@ -64,6 +64,25 @@ class LocalRedrive:
         setattr(StepFunctionResponse, "redrive_execution", redrive_execution)  # noqa: B010
         stack.callback(delattr, StepFunctionResponse, "redrive_execution")
 
+        original_describe = StepFunctionResponse.describe_execution
+
+        def describe_execution(response: Any) -> Any:
+            """DescribeExecution with the redrive fields AWS adds (moto has none)."""
+            answer = original_describe(response)
+            described = answer.result
+            if isinstance(described, dict):
+                arn = described["executionArn"]
+                execution = response.stepfunction_backend.describe_execution(arn)
+                described["redriveCount"] = redrive.redrive_counts.get(arn, 0)
+                reason = redrive.not_redrivable_because(execution)
+                described["redriveStatus"] = "NOT_REDRIVABLE" if reason else "REDRIVABLE"
+                if reason:
+                    described["redriveStatusReason"] = reason
+            return answer
+
+        StepFunctionResponse.describe_execution = describe_execution  # type: ignore[method-assign,assignment]
+        stack.callback(setattr, StepFunctionResponse, "describe_execution", original_describe)
+
         component = distributed.DistributedIterationComponent
         original_map_run = component._map_run
 
@@ -97,24 +116,31 @@ class LocalRedrive:
         processor._eval_job = eval_job  # type: ignore[method-assign]
         stack.callback(setattr, processor, "_eval_job", original_eval_job)
 
+    def not_redrivable_because(self, execution: Any) -> str | None:
+        """AWS's redriveStatusReason when the execution cannot be redriven, else None."""
+        status = execution.status
+        if status not in REDRIVABLE:
+            return f"Execution is {status} and cannot be redriven."
+        stopped = execution.stop_date
+        if stopped is not None and stopped.tzinfo is None:
+            stopped = stopped.replace(tzinfo=datetime.UTC)
+        if stopped is not None and self._now() - stopped > REDRIVE_WINDOW:
+            return "Execution redrivable period exceeded."
+        if self.redrive_counts.get(execution.exec_arn, 0) >= MAX_REDRIVES:
+            return "Execution has been redriven 1000 times."
+        return None
+
     def redrive(self, backend: Any, execution_arn: str) -> datetime.datetime:
         """RedriveExecution: raises moto's ExecutionDoesNotExist or ExecutionNotRedrivable."""
         execution = backend.describe_execution(execution_arn)
-        status = execution.status
         now = self._now()
         with self._lock:
-            count = self.redrive_counts.get(execution_arn, 0)
-            if status not in REDRIVABLE:
-                raise not_redrivable(f"Execution is {status} and cannot be redriven.")
-            stopped = execution.stop_date
-            if stopped is not None and stopped.tzinfo is None:
-                stopped = stopped.replace(tzinfo=datetime.UTC)
-            if stopped is not None and now - stopped > REDRIVE_WINDOW:
-                raise not_redrivable("Execution redrivable period exceeded.")
-            if count >= MAX_REDRIVES:
-                raise not_redrivable("Execution has been redriven 1000 times.")
-            self.redrive_counts[execution_arn] = count + 1
-        _restart(execution, count + 1, now)
+            reason = self.not_redrivable_because(execution)
+            if reason:
+                raise not_redrivable(reason)
+            count = self.redrive_counts.get(execution_arn, 0) + 1
+            self.redrive_counts[execution_arn] = count
+        _restart(execution, count, now)
         return now
 
 

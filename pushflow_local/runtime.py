@@ -290,7 +290,8 @@ class LocalRuntime:
         """RedriveExecution, which moto lacks (pushflow_local/redrive.py)."""
         from pushflow_local.redrive import LocalRedrive
 
-        self.redrive = LocalRedrive(self.clock.now)
+        # Machine time, not the movable clock: moto dates executions by the machine's.
+        self.redrive = LocalRedrive(lambda: datetime.now(UTC))
         self.redrive.install(self._stack)
 
     def _invoke_task_functions_directly(self) -> None:

@@ -10,7 +10,7 @@ import inspect
 import json
 import threading
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -105,7 +105,12 @@ def test_only_failed_timed_out_or_aborted_executions_within_14_days_are_redrivab
 
     from moto.stepfunctions.parser.models import stepfunctions_parser_backends
 
-    later = LocalRedrive(lambda: clean_runtime.clock.now() + timedelta(days=15))
+    # DescribeExecution says so, as AWS's redriveStatus does
+    assert sfn.describe_execution(executionArn=running)["redriveStatus"] == "REDRIVABLE"
+    succeeded = sfn.describe_execution(executionArn=arn)
+    assert succeeded["redriveStatus"] == "NOT_REDRIVABLE"
+    assert succeeded["redriveStatusReason"] == "Execution is SUCCEEDED and cannot be redriven."
+    later = LocalRedrive(lambda: datetime.now(UTC) + timedelta(days=15))
     backend = stepfunctions_parser_backends[ACCOUNT][REGION]
     with pytest.raises(Exception, match="redrivable period exceeded"):
         later.redrive(backend, running)
@@ -136,6 +141,7 @@ def test_a_failed_execution_is_redriven_from_the_state_that_failed(
     sfn = clean_runtime.client("stepfunctions")
     sfn.redrive_execution(executionArn=arn)
     ended = clean_runtime.wait(arn, timeout=WAIT_SECONDS)
+    assert sfn.describe_execution(executionArn=arn)["redriveCount"] == 1
 
     # THEN only the state that failed ran again, with its input, and the execution went on
     assert clean_runtime.state_path(arn)[entered_before:] == ["RecordSendFailure", "SendFailed"]

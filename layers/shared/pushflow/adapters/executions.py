@@ -30,6 +30,11 @@ class StepFunctionsExecutions:
             stopped_at=answer.get("stopDate"),
             error=answer.get("error"),
             cause=answer.get("cause"),
+            not_redrivable=(
+                str(answer.get("redriveStatusReason") or "not redrivable")
+                if answer.get("redriveStatus") == "NOT_REDRIVABLE"
+                else None
+            ),
         )
 
     def redrive(self, execution_arn: str, client_token: str) -> None:

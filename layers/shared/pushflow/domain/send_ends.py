@@ -39,8 +39,6 @@ RESUMABLE = (
 )
 # The Error of the ASL's Fail state (SendFailed), reached after RecordSendFailure.
 FAIL_STATE_ERROR = "SendFailed"
-# Step Functions keeps a failed execution redrivable for 14 days.
-REDRIVE_WINDOW = timedelta(days=14)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +50,8 @@ class ExecutionInfo:
     stopped_at: datetime | None = None
     error: str | None = None
     cause: str | None = None
+    # Why Step Functions would refuse to redrive it (redriveStatusReason), if it would.
+    not_redrivable: str | None = None
 
     def describe(self) -> str:
         if not (self.error or self.cause):
@@ -210,8 +210,9 @@ def redrive(
             f"the send failed and its failure was recorded ({notification.error});"
             " its execution ended in its Fail state, which a redrive would only re-enter"
         )
-    if execution.stopped_at is not None and now - execution.stopped_at > REDRIVE_WINDOW:
-        raise Conflict("the send's execution stopped more than 14 days ago")
+    if execution.not_redrivable:
+        # Step Functions says why: over 14 days, too many redrives, history limit.
+        raise Conflict(f"the send's execution cannot be redriven: {execution.not_redrivable}")
     if not repository.resume(notification.id, RESUMABLE):
         raise Conflict("the send changed meanwhile; read it and try again")
     # Idempotent per resume: a retried request within this resume redrives once.
