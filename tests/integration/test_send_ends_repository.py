@@ -7,13 +7,14 @@ send is resumed.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from pushflow.adapters.postgres import Repository
 from pushflow.domain.models import DeliveryResult, NotificationStatus, Outcome
-from pushflow.domain.send_ends import RESUMABLE
+from pushflow.domain.send_ends import RESUMABLE, ExecutionInfo, ReconcilePolicy, reconcile
 from pushflow_local.runtime import LocalRuntime
 from pushflow_local.seed import SeededDevice, seed_users
 from tests.integration.test_repository import AUDIENCE, REQUEST, delivery_rows
@@ -101,3 +102,52 @@ def test_a_resumed_send_gets_back_its_deferrals_and_loses_the_reconcilers_other_
         deferred: "deferred",
     }
     assert repository.get_notification(notification_id).status is NotificationStatus.RUNNING
+
+
+class _Executions:
+    """Step Functions as the reconciler sees it: these executions are RUNNING, no other exists."""
+
+    def __init__(self, running: set[str]) -> None:
+        self.running = running
+
+    def arn_for(self, execution_name: str) -> str:
+        return f"arn:aws:states:us-east-1:123456789012:execution:send:{execution_name}"
+
+    def describe(self, execution_arn: str) -> ExecutionInfo | None:
+        if execution_arn in self.running:
+            return ExecutionInfo(execution_arn, "RUNNING")
+        return None
+
+    def redrive(self, execution_arn: str, client_token: str) -> None:
+        raise AssertionError("the reconciler never redrives")
+
+
+def test_sends_running_for_long_never_keep_the_reconciler_from_a_newer_dead_one(
+    repository: Repository,
+) -> None:
+    # GIVEN more long-running sends (waiting for quiet hours) than one batch, and after
+    # them a send whose execution never started
+    running = []
+    for _ in range(5):
+        notification, _ = repository.create_notification(
+            REQUEST, "news", NotificationStatus.RUNNING
+        )
+        repository.set_execution(notification.id, f"arn:running:{notification.id}")
+        running.append(notification.id)
+    dead, _ = repository.create_notification(REQUEST, "news", NotificationStatus.ACCEPTED)
+    now = datetime.now(UTC) + timedelta(hours=1)
+
+    # WHEN the reconciler runs with batches of two
+    summary = reconcile(
+        repository,
+        _Executions({f"arn:running:{nid}" for nid in running}),
+        now,
+        ReconcilePolicy(batch_size=2),
+    )
+
+    # THEN it saw every send, left the running ones, and finalized the dead one
+    assert (summary.examined, summary.still_running) == (6, 5)
+    assert summary.finalized == {dead.id: "failed"}
+    assert all(
+        repository.get_notification(nid).status is NotificationStatus.RUNNING for nid in running
+    )

@@ -1271,15 +1271,22 @@ class Repository:
         removed = self.removed_since_plan(notification_id, audience_spec, page)
         return self.record_deliveries(notification_id, page.number, removed) if removed else 0
 
-    def unfinished_sends(self, started_before: datetime, limit: int) -> list[Notification]:
-        """Sends not final whose execution should have been running for a while."""
+    def unfinished_sends(
+        self, started_before: datetime, limit: int, after: Notification | None = None
+    ) -> list[Notification]:
+        """Sends not final whose execution should have been running for a while, oldest
+        first, a page at a time (keyset: after the last send of the previous page)."""
         rows = self.run(
             f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications"
             " WHERE status IN ('accepted', 'running')"
             " AND coalesce(resumed_at, created_at) < :before"
-            " ORDER BY created_at LIMIT :limit",
+            " AND (CAST(:after_at AS timestamptz) IS NULL"
+            "  OR (created_at, id) > (CAST(:after_at AS timestamptz), CAST(:after_id AS uuid)))"
+            " ORDER BY created_at, id LIMIT :limit",
             before=started_before,
             limit=limit,
+            after_at=after.created_at if after else None,
+            after_id=after.id if after else None,
         )
         return [_notification(row) for row in rows]
 

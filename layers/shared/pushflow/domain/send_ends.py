@@ -75,7 +75,9 @@ class Executions(Protocol):
 
 class SendEndsRepository(Protocol):
     def get_notification(self, notification_id: str) -> Notification: ...
-    def unfinished_sends(self, started_before: datetime, limit: int) -> list[Notification]: ...
+    def unfinished_sends(
+        self, started_before: datetime, limit: int, after: Notification | None = None
+    ) -> list[Notification]: ...
     def close_unfinished(
         self, notification_id: str, audience_spec: Mapping[str, Any], error: str
     ) -> dict[str, int] | None: ...
@@ -92,6 +94,9 @@ class ReconcilePolicy:
     # A send younger than this may still be starting (the API stores it, then starts it).
     grace: timedelta = timedelta(minutes=15)
     batch_size: int = 100
+    # Per run; long-running sends (deferrals wait up to a day) never starve newer
+    # dead ones: the run pages through all of them, oldest first.
+    max_examined: int = 2000
     # Removed devices are remembered as long as a send planned before their removal
     # may still be finalized or redriven.
     keep_removed: timedelta = timedelta(days=30)
@@ -144,16 +149,22 @@ def reconcile(
     """Finalize the sends whose execution ended without finalizing them; never one
     whose execution is RUNNING."""
     summary = ReconcileSummary()
-    for notification in repository.unfinished_sends(now - policy.grace, policy.batch_size):
-        summary.examined += 1
-        arn = execution_arn(notification, executions)
-        execution = executions.describe(arn)
-        if execution is not None and execution.status == RUNNING:
-            summary.still_running += 1
-            continue
-        finished = finalize_ended(repository, notification, execution, arn)
-        if finished is not None:
-            summary.finalized[finished.id] = finished.status.value
+    last: Notification | None = None
+    while summary.examined < policy.max_examined:
+        batch = repository.unfinished_sends(now - policy.grace, policy.batch_size, last)
+        if not batch:
+            break
+        for notification in batch:
+            summary.examined += 1
+            arn = execution_arn(notification, executions)
+            execution = executions.describe(arn)
+            if execution is not None and execution.status == RUNNING:
+                summary.still_running += 1
+                continue
+            finished = finalize_ended(repository, notification, execution, arn)
+            if finished is not None:
+                summary.finalized[finished.id] = finished.status.value
+        last = batch[-1]
     summary.removed_forgotten = repository.forget_removed_devices(now - policy.keep_removed)
     return summary
 
