@@ -224,6 +224,9 @@ def redrive(
     if execution.not_redrivable:
         # Step Functions says why: over 14 days, too many redrives, history limit.
         raise Conflict(f"the send's execution cannot be redriven: {execution.not_redrivable}")
+    # Rows and status first, so the pages that run again find nothing of the
+    # reconciler's. Should the redrive below still be refused (a race), the send
+    # stays running and the reconciler finalizes it again after its grace period.
     if not repository.resume(notification.id, RESUMABLE):
         raise Conflict("the send changed meanwhile; read it and try again")
     # Idempotent per resume: a retried request within this resume redrives once.
