@@ -262,6 +262,33 @@ def test_a_send_whose_finalize_outlasted_its_retries_is_finalized_from_its_rows(
     )
 
 
+def test_a_cancelled_send_whose_execution_died_ends_cancelled_with_every_device_counted(
+    clean_runtime: LocalRuntime, gate: GatedResolve
+) -> None:
+    # GIVEN a send cancelled while its pages wait, whose execution is then stopped
+    devices = audience(clean_runtime, users=30)
+    gate._open_pages.clear()
+    notification_id, execution_arn = start_send(clean_runtime)
+    wait_for(lambda: gate.held.is_set(), "a page held at the gate")
+    repository = clean_runtime.services.repository
+    assert repository.cancel_notification(notification_id) is not None
+    clean_runtime.client("stepfunctions").stop_execution(executionArn=execution_arn)
+    gate.released.set()
+    assert clean_runtime.wait(execution_arn, timeout=WAIT_SECONDS)["status"] == "ABORTED"
+
+    # WHEN the reconciler runs past its grace period
+    clean_runtime.clock.advance(PAST_GRACE)
+    summary = clean_runtime.reconcile_sends()
+
+    # THEN the send stays cancelled, now finished, every device counted as cancelled
+    assert summary["finalized"] == {notification_id: "cancelled"}
+    finished = repository.get_notification(notification_id)
+    assert finished.status is NotificationStatus.CANCELLED and finished.completed_at
+    assert finished.counts == {"cancelled": len(devices)}
+    assert finished.recipient_count == len(devices)
+    assert sns_messages(d.endpoint_arn for d in devices) == {d.endpoint_arn: {} for d in devices}
+
+
 # -- devices removed after planning -----------------------------------------------------
 
 

@@ -1278,8 +1278,7 @@ class Repository:
         first, a page at a time (keyset: after the last send of the previous page)."""
         rows = self.run(
             f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications"
-            " WHERE status IN ('accepted', 'running')"
-            " AND coalesce(resumed_at, created_at) < :before"
+            f" WHERE {_UNFINISHED} AND coalesce(resumed_at, created_at) < :before"
             " AND (CAST(:after_at AS timestamptz) IS NULL"
             "  OR (created_at, id) > (CAST(:after_at AS timestamptz), CAST(:after_id AS uuid)))"
             " ORDER BY created_at, id LIMIT :limit",
@@ -1300,12 +1299,16 @@ class Repository:
         audience = Audience(audience_spec)
         with self.transaction() as conn:
             locked = conn.run(
-                "SELECT planned_at FROM notifications WHERE id = CAST(:id AS uuid)"
-                " AND status IN ('accepted', 'running') FOR UPDATE",
+                "SELECT planned_at, status FROM notifications WHERE id = CAST(:id AS uuid)"
+                f" AND {_UNFINISHED} FOR UPDATE",
                 id=notification_id,
             )
             if not locked:
                 return None
+            # A cancelled send's unreached devices were cancelled, not failed.
+            cancelled = locked[0][1] == NotificationStatus.CANCELLED.value
+            unreached = "cancelled" if cancelled else "failed"
+            reason = None if cancelled else error[:1000]
             removed = self._removed(conn, notification_id, audience_spec, None)
             if removed:
                 conn.run(
@@ -1319,23 +1322,25 @@ class Repository:
                     error=REMOVED_ERROR,
                 )
             conn.run(
-                "UPDATE deliveries SET outcome = 'failed', error = :error, reconciled = true,"
+                "UPDATE deliveries SET outcome = :outcome, error = :error, reconciled = true,"
                 " recorded_at = now() WHERE notification_id = CAST(:nid AS uuid)"
                 " AND outcome = 'deferred'",
                 nid=notification_id,
-                error=error[:1000],
+                outcome=unreached,
+                error=reason,
             )
             if locked[0][0] is not None:
                 conn.run(
                     "INSERT INTO deliveries (notification_id, device_id, user_id, page, outcome,"
-                    " error, reconciled) SELECT CAST(:nid AS uuid), d.id, d.user_id, -1, 'failed',"
-                    " :error, true FROM devices d JOIN users u ON u.id = d.user_id"
+                    " error, reconciled) SELECT CAST(:nid AS uuid), d.id, d.user_id, -1,"
+                    " :outcome, :error, true FROM devices d JOIN users u ON u.id = d.user_id"
                     " WHERE d.created_at <= CAST(:planned AS timestamptz)"
                     f" AND {audience.reachable} AND {audience.where}"
                     " ON CONFLICT (notification_id, device_id) DO NOTHING",
                     nid=notification_id,
                     planned=locked[0][0],
-                    error=error[:1000],
+                    outcome=unreached,
+                    error=reason,
                     **audience.params,
                 )
             rows = conn.run(
@@ -1357,7 +1362,7 @@ class Repository:
             " counts = coalesce((SELECT jsonb_object_agg(outcome, c) FROM"
             "   (SELECT outcome, count(*) AS c FROM deliveries"
             "    WHERE notification_id = n.id GROUP BY outcome) per_outcome), '{}'::jsonb)"
-            " WHERE id = CAST(:id AS uuid) AND status IN ('accepted', 'running') RETURNING id",
+            f" WHERE id = CAST(:id AS uuid) AND {_UNFINISHED} RETURNING id",
             id=notification_id,
             status=status.value,
             error=error[:1000],
@@ -1401,6 +1406,11 @@ class Repository:
             return int(conn.row_count)
 
 
+# Sends not final: running or about to, or cancelled and not finalized yet (the
+# execution marks the rest `cancelled` and Finalize sets completed_at).
+_UNFINISHED = (
+    "(status IN ('accepted', 'running') OR (status = 'cancelled' AND completed_at IS NULL))"
+)
 # The row a device removed between a send's plan and its page gets.
 REMOVED_ERROR = "device removed after the send planned it"
 

@@ -185,7 +185,9 @@ def finalize_ended(
         return None
     # Devices never reached have `failed` rows: the usual rule then tells failed
     # from completed_with_failures; a send that planned nothing failed.
-    status = final_status(notification, counts) if counts else NotificationStatus.FAILED
+    status = final_status(notification, counts)
+    if not counts and status is not NotificationStatus.CANCELLED:
+        status = NotificationStatus.FAILED
     finished = repository.finish_unfinished(notification.id, status, reason, arn)
     if finished is not None and finished.schedule_id:
         repository.complete_schedule(finished.schedule_id)
