@@ -193,6 +193,8 @@ def serve(args: argparse.Namespace) -> int:
     ):
         # Sends with `send_at` and schedules: moto stores them, local mode fires them.
         runtime.fire_schedules_continuously()
+        # Sends whose execution ended without Finalize: the template's reconciler.
+        runtime.reconcile_sends_continuously()
         url = api.url
         send = json.dumps(
             {
@@ -229,6 +231,33 @@ def token(args: argparse.Namespace) -> int:
 
     print(load_credentials().mint_token(args.user, ttl=args.ttl))
     return 0
+
+
+def redrive(args: argparse.Namespace) -> int:
+    """`pushflow local redrive ID`: resume a send through the running local API."""
+    import urllib.error
+    import urllib.request
+
+    from pushflow_local.auth import load_credentials
+
+    request = urllib.request.Request(  # noqa: S310 - the local API's URL
+        f"{args.url.rstrip('/')}/v1/notifications/{args.notification_id}/redrive",
+        method="POST",
+        headers={"x-api-key": load_credentials().api_key},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
+            print(answer.read().decode())
+            return 0
+    except urllib.error.HTTPError as refused:
+        print(refused.read().decode(), file=sys.stderr)
+        return 1
+    except urllib.error.URLError as error:
+        print(
+            f"no local API at {args.url} ({error.reason}); start `pushflow local serve`",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -270,6 +299,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--ttl", type=int, default=3600, help="seconds the token is valid (default 3600)"
     )
     token_parser.set_defaults(run=token)
+    redrive_parser = local_commands.add_parser(
+        "redrive", help="resume a failed or aborted send (through `pushflow local serve`)"
+    )
+    redrive_parser.add_argument("notification_id", help="the send's notification id")
+    redrive_parser.add_argument(
+        "--url", default="http://127.0.0.1:3000", help="the local API (default port 3000)"
+    )
+    redrive_parser.set_defaults(run=redrive)
 
     args = parser.parse_args(argv)
     try:

@@ -308,6 +308,7 @@ class LocalRuntime:
         self._stack.callback(setattr, retrier_decl, "time", original_time)
         self._patch_wait_states()
         step_functions_limits.enforce(self._stack, lambda: self.history_event_limit)
+        self._install_redrive()
         self._invoke_task_functions_directly()
         self._copy_state_data_faster()
         self._parse_each_json_path_once()
@@ -323,6 +324,14 @@ class LocalRuntime:
             quota=PublishQuota(self._sns_publish_quota),
         ).start()
         self._stack.callback(self.sns.stop)
+
+    def _install_redrive(self) -> None:
+        """RedriveExecution, which moto lacks (pushflow_local/redrive.py)."""
+        from pushflow_local.redrive import LocalRedrive
+
+        # Machine time, not the movable clock: moto dates executions by the machine's.
+        self.redrive = LocalRedrive(lambda: datetime.now(UTC))
+        self.redrive.install(self._stack)
 
     def _invoke_task_functions_directly(self) -> None:
         """A Task state's `lambda:invoke` calls the function here, not through boto3.
@@ -787,6 +796,32 @@ class LocalRuntime:
                     logging.getLogger(__name__).exception("firing schedules failed")
 
         thread = threading.Thread(target=loop, name="schedules", daemon=True)
+        thread.start()
+        self._stack.callback(thread.join, 5)
+        self._stack.callback(stop.set)
+
+    # -- every send ends (the template's ReconcileSendsFunction, run here) ----------
+
+    def reconcile_sends(self) -> dict[str, Any]:
+        """Run ReconcileSendsFunction once, as its schedule does deployed."""
+        summary: dict[str, Any] = self.invoke(
+            "ReconcileSendsFunction",
+            {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}},
+        )
+        return summary
+
+    def reconcile_sends_continuously(self, every: float = 60.0) -> None:
+        """`pushflow local serve`: run the reconciler in the background until stopped."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(every):
+                try:
+                    self.reconcile_sends()
+                except Exception:
+                    logging.getLogger(__name__).exception("reconciling sends failed")
+
+        thread = threading.Thread(target=loop, name="reconcile-sends", daemon=True)
         thread.start()
         self._stack.callback(thread.join, 5)
         self._stack.callback(stop.set)

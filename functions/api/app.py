@@ -15,7 +15,7 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 
-from pushflow.domain import registration, scheduling, sending
+from pushflow.domain import registration, scheduling, send_ends, sending
 from pushflow.domain.errors import (
     Conflict,
     Forbidden,
@@ -376,6 +376,16 @@ def list_deliveries(notification_id: str) -> Response[Any]:
 def cancel_notification(notification_id: str) -> Response[Any]:
     _backend()
     notification = registration.cancel(notification_id, _services().repository)
+    return _json(202, notification.to_dict())
+
+
+@app.post("/v1/notifications/<notification_id>/redrive")
+def redrive_notification(notification_id: str) -> Response[Any]:
+    _backend()
+    services = _services()
+    notification = send_ends.redrive(
+        notification_id, services.repository, services.executions, services.clock.now()
+    )
     return _json(202, notification.to_dict())
 
 

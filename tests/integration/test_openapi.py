@@ -49,6 +49,7 @@ ROUTES = {
     ("GET", "/v1/notifications/{notification_id}"): "getNotification",
     ("GET", "/v1/notifications/{notification_id}/deliveries"): "listDeliveries",
     ("POST", "/v1/notifications/{notification_id}/cancel"): "cancelNotification",
+    ("POST", "/v1/notifications/{notification_id}/redrive"): "redriveNotification",
     ("POST", "/v1/schedules"): "createSchedule",
     ("GET", "/v1/schedules"): "listSchedules",
     ("GET", "/v1/schedules/{schedule_id}"): "getSchedule",

@@ -14,6 +14,7 @@ from pushflow.clock import Clock, SystemClock
 from pushflow.config import Settings
 
 if TYPE_CHECKING:
+    from pushflow.adapters.executions import StepFunctionsExecutions
     from pushflow.adapters.page_plans import PagePlanStore
     from pushflow.adapters.postgres import Repository
     from pushflow.adapters.recipient_filter import RecipientFilter
@@ -113,6 +114,14 @@ class Services:
         from pushflow.adapters.workflow import Workflow
 
         return Workflow(self._client("stepfunctions"), self.settings.require("state_machine_arn"))
+
+    @cached_property
+    def executions(self) -> StepFunctionsExecutions:
+        from pushflow.adapters.executions import StepFunctionsExecutions
+
+        return StepFunctionsExecutions(
+            self._client("stepfunctions"), self.settings.require("state_machine_arn")
+        )
 
     def close(self) -> None:
         if "schema_repository" in self.__dict__:

@@ -760,7 +760,7 @@ class Repository:
         """Deferred rows whose device was removed can never be sent: fail them."""
         with self._session() as conn:
             conn.run(
-                "UPDATE deliveries r SET outcome = 'failed', recorded_at = now(),"
+                "UPDATE deliveries r SET outcome = 'removed', recorded_at = now(),"
                 " error = 'device removed before its deferred send'"
                 " WHERE r.notification_id = CAST(:nid AS uuid) AND r.outcome = 'deferred'"
                 " AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = r.device_id)",
@@ -1246,6 +1246,211 @@ class Repository:
             "  AND n.status IN ('scheduled', 'accepted', 'running'))",
             id=schedule_id,
         )
+
+    # -- every send ends: removed devices, the reconciler, redrive -------------
+
+    def start_plan(self, notification_id: str) -> None:
+        """Prepare is about to plan: devices removed from now on get `removed` rows."""
+        self.run(
+            "UPDATE notifications SET planned_at = statement_timestamp()"
+            " WHERE id = CAST(:id AS uuid)",
+            id=notification_id,
+        )
+
+    def removed_since_plan(
+        self, notification_id: str, audience_spec: Mapping[str, Any], page: PageRef | None = None
+    ) -> list[DeliveryResult]:
+        """Devices the send planned (in the page, or anywhere) that were removed since,
+        with no row yet: each gets a `removed` row."""
+        with self._session() as conn:
+            return [
+                DeliveryResult(int(device_id), int(user_id), Outcome.REMOVED, error=REMOVED_ERROR)
+                for device_id, user_id in self._removed(conn, notification_id, audience_spec, page)
+            ]
+
+    @staticmethod
+    def _removed(
+        conn: Connection,
+        notification_id: str,
+        audience_spec: Mapping[str, Any],
+        page: PageRef | None,
+    ) -> list[list[Any]]:
+        # The audience's SQL reads `d` (the device) and `u` (its user): here both are
+        # the removed device's snapshot, and topic_subscriptions also has its topics.
+        audience = Audience(audience_spec)
+        bounds = "" if page is None else " AND d.id BETWEEN :first AND :last"
+        extra = {} if page is None else {"first": page.first_device_id, "last": page.last_device_id}
+        rows: list[list[Any]] = conn.run(
+            "WITH topic_subscriptions AS ("
+            "  SELECT topic, user_id FROM public.topic_subscriptions"
+            "  UNION ALL SELECT unnest(topics), user_id FROM removed_devices)"
+            " SELECT d.id, d.user_id FROM"
+            " (SELECT device_id AS id, user_id, platform, enabled, disabled_at, created_at,"
+            "  removed_at, external_id, locale, time_zone, attributes FROM removed_devices) d"
+            " CROSS JOIN LATERAL (SELECT d.external_id, d.locale, d.time_zone,"
+            "  coalesce(d.attributes, '{}'::jsonb) AS attributes) u"
+            " JOIN notifications n ON n.id = CAST(:nid AS uuid)"
+            " WHERE n.planned_at IS NOT NULL AND d.created_at <= n.planned_at"
+            f" AND d.removed_at > n.planned_at{bounds}"
+            f" AND {audience.reachable} AND {audience.where}"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries r"
+            "  WHERE r.notification_id = n.id AND r.device_id = d.id)"
+            " ORDER BY d.id",
+            nid=notification_id,
+            **extra,
+            **audience.params,
+        )
+        return rows
+
+    def record_removed_in_page(
+        self, notification_id: str, audience_spec: Mapping[str, Any], page: PageRef
+    ) -> int:
+        """A failed page's removed devices get their `removed` rows (RecordPageFailure)."""
+        removed = self.removed_since_plan(notification_id, audience_spec, page)
+        return self.record_deliveries(notification_id, page.number, removed) if removed else 0
+
+    def unfinished_sends(
+        self, started_before: datetime, limit: int, after: Notification | None = None
+    ) -> list[Notification]:
+        """Sends not final whose execution should have been running for a while, oldest
+        first, a page at a time (keyset: after the last send of the previous page)."""
+        rows = self.run(
+            f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications"
+            f" WHERE {_UNFINISHED} AND coalesce(resumed_at, created_at) < :before"
+            " AND (CAST(:after_at AS timestamptz) IS NULL"
+            "  OR (created_at, id) > (CAST(:after_at AS timestamptz), CAST(:after_id AS uuid)))"
+            " ORDER BY created_at, id LIMIT :limit",
+            before=started_before,
+            limit=limit,
+            after_at=after.created_at if after else None,
+            after_id=after.id if after else None,
+        )
+        return [_notification(row) for row in rows]
+
+    def close_unfinished(
+        self, notification_id: str, audience_spec: Mapping[str, Any], error: str
+    ) -> dict[str, int] | None:
+        """Give every planned device of a send whose execution ended a row, in one
+        transaction: `removed` for devices removed since the plan, `failed` (marked
+        reconciled) for the ones never reached and for deferrals never sent.
+        Returns the outcome counts, or None when the send is no longer unfinished."""
+        audience = Audience(audience_spec)
+        with self.transaction() as conn:
+            locked = conn.run(
+                "SELECT planned_at, status FROM notifications WHERE id = CAST(:id AS uuid)"
+                f" AND {_UNFINISHED} FOR UPDATE",
+                id=notification_id,
+            )
+            if not locked:
+                return None
+            # A cancelled send's unreached devices were cancelled, not failed.
+            cancelled = locked[0][1] == NotificationStatus.CANCELLED.value
+            unreached = "cancelled" if cancelled else "failed"
+            reason = None if cancelled else error[:1000]
+            removed = self._removed(conn, notification_id, audience_spec, None)
+            if removed:
+                conn.run(
+                    "INSERT INTO deliveries (notification_id, device_id, user_id, page, outcome,"
+                    " error) SELECT CAST(:nid AS uuid), r.device_id, r.user_id, -1, 'removed',"
+                    " :error FROM unnest(CAST(:ids AS bigint[]), CAST(:users AS bigint[]))"
+                    " AS r(device_id, user_id) ON CONFLICT (notification_id, device_id) DO NOTHING",
+                    nid=notification_id,
+                    ids=[row[0] for row in removed],
+                    users=[row[1] for row in removed],
+                    error=REMOVED_ERROR,
+                )
+            conn.run(
+                "UPDATE deliveries SET outcome = :outcome, error = :error, reconciled = true,"
+                " recorded_at = now() WHERE notification_id = CAST(:nid AS uuid)"
+                " AND outcome = 'deferred'",
+                nid=notification_id,
+                outcome=unreached,
+                error=reason,
+            )
+            if locked[0][0] is not None:
+                conn.run(
+                    "INSERT INTO deliveries (notification_id, device_id, user_id, page, outcome,"
+                    " error, reconciled) SELECT CAST(:nid AS uuid), d.id, d.user_id, -1,"
+                    " :outcome, :error, true FROM devices d JOIN users u ON u.id = d.user_id"
+                    " WHERE d.created_at <= CAST(:planned AS timestamptz)"
+                    f" AND {audience.reachable} AND {audience.where}"
+                    " ON CONFLICT (notification_id, device_id) DO NOTHING",
+                    nid=notification_id,
+                    planned=locked[0][0],
+                    outcome=unreached,
+                    error=reason,
+                    **audience.params,
+                )
+            rows = conn.run(
+                "SELECT outcome, count(*) FROM deliveries"
+                " WHERE notification_id = CAST(:id AS uuid) GROUP BY outcome",
+                id=notification_id,
+            )
+        return {outcome: int(count) for outcome, count in rows}
+
+    def finish_unfinished(
+        self, notification_id: str, status: NotificationStatus, error: str, execution_arn: str
+    ) -> Notification | None:
+        """The final status of a send the reconciler closed, unless it moved on meanwhile.
+        The execution's ARN is kept, so a retried API request never starts a finished send."""
+        rows = self.run(
+            "UPDATE notifications n SET status = :status, error = :error, completed_at = now(),"
+            " recipient_count = coalesce(recipient_count, 0),"
+            " execution_arn = coalesce(execution_arn, :arn),"
+            " counts = coalesce((SELECT jsonb_object_agg(outcome, c) FROM"
+            "   (SELECT outcome, count(*) AS c FROM deliveries"
+            "    WHERE notification_id = n.id GROUP BY outcome) per_outcome), '{}'::jsonb)"
+            f" WHERE id = CAST(:id AS uuid) AND {_UNFINISHED} RETURNING id",
+            id=notification_id,
+            status=status.value,
+            error=error[:1000],
+            arn=execution_arn,
+        )
+        return self.get_notification(notification_id) if rows else None
+
+    def resume(self, notification_id: str, resumable: Sequence[NotificationStatus]) -> bool:
+        """Make a send running again for a redrive: the reconciler's rows go (the pages
+        run again record what really happens), the counts are recounted at the end.
+        False when the send's status is not one of `resumable`."""
+        with self.transaction() as conn:
+            rows = conn.run(
+                "UPDATE notifications SET status = 'running', error = NULL, completed_at = NULL,"
+                " resumed_at = now() WHERE id = CAST(:id AS uuid)"
+                " AND status = ANY(CAST(:resumable AS text[])) RETURNING id",
+                id=notification_id,
+                resumable=[status.value for status in resumable],
+            )
+            if not rows:
+                return False
+            # Deferrals the reconciler closed wait for their pass again; its other rows go.
+            conn.run(
+                "UPDATE deliveries SET outcome = 'deferred', error = NULL, reconciled = false"
+                " WHERE notification_id = CAST(:id AS uuid) AND reconciled"
+                " AND deferred_until IS NOT NULL",
+                id=notification_id,
+            )
+            conn.run(
+                "DELETE FROM deliveries WHERE notification_id = CAST(:id AS uuid) AND reconciled",
+                id=notification_id,
+            )
+        return True
+
+    def forget_removed_devices(self, removed_before: datetime) -> int:
+        """Removed devices older than any send that could still need them."""
+        with self._session() as conn:
+            conn.run(
+                "DELETE FROM removed_devices WHERE removed_at < :before", before=removed_before
+            )
+            return int(conn.row_count)
+
+
+# Sends not final: running or about to, or cancelled and not finalized yet (the
+# execution marks the rest `cancelled` and Finalize sets completed_at).
+_UNFINISHED = (
+    "(status IN ('accepted', 'running') OR (status = 'cancelled' AND completed_at IS NULL))"
+)
+# The row a device removed between a send's plan and its page gets.
+REMOVED_ERROR = "device removed after the send planned it"
 
 
 def _delivery_lines(results: Sequence[DeliveryResult], prefix: str = "") -> str:

@@ -28,6 +28,8 @@ class Outcome(StrEnum):
     ENDPOINT_DISABLED = "endpoint_disabled"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # The device (or its user) was deleted after the send planned it.
+    REMOVED = "removed"
 
 
 # Outcome(value) as a dict lookup: RecordResults parses one per row.

@@ -108,6 +108,17 @@ class NotificationRepository(Protocol):
         self, notification_id: str, audience_spec: Mapping[str, Any], page: PageRef, error: str
     ) -> int: ...
 
+    # Every send ends (domain/send_ends.py): devices removed after the plan get rows.
+    def start_plan(self, notification_id: str) -> None: ...
+
+    def removed_since_plan(
+        self, notification_id: str, audience_spec: Mapping[str, Any], page: PageRef | None = None
+    ) -> list[DeliveryResult]: ...
+
+    def record_removed_in_page(
+        self, notification_id: str, audience_spec: Mapping[str, Any], page: PageRef
+    ) -> int: ...
+
 
 class RecipientRules(Protocol):
     def apply(

@@ -135,6 +135,7 @@ def prepare(
     if notification.status is NotificationStatus.CANCELLED:
         return summary
     page_size = page_size_for(configured_page_size, *_attribute_load(repository, notification))
+    repository.start_plan(notification.id)
     pages = repository.plan_pages(send_audience(notification), page_size)
     recipient_count = sum(count for _, count in pages)
     if pages:
@@ -222,7 +223,18 @@ def resolve(event: Mapping[str, Any], repository: NotificationRepository) -> dic
     notification = repository.get_send(event["notification_id"])
     page = PageRef.from_event(event)
     keys = sorted(placeholders(notification.content))
-    recipients = repository.resolve_page(send_audience(notification), page, keys, notification.id)
+    audience = send_audience(notification)
+    recipients = repository.resolve_page(audience, page, keys, notification.id)
+    if page.due is None:
+        # Devices planned and deleted since: a `removed` row each, so counts add up.
+        removed = repository.removed_since_plan(notification.id, audience, page)
+        if removed:
+            return page_event(
+                notification.id,
+                page,
+                recipients=recipients,
+                filtered=[result.to_dict() for result in removed],
+            )
     return page_event(notification.id, page, recipients=recipients)
 
 
@@ -244,7 +256,10 @@ def filter_recipients(
         # Spend no cap and mark nothing seen for a send that will not go out.
         cancelled = [DeliveryResult(r.device_id, r.user_id, Outcome.CANCELLED) for r in recipients]
         return page_event(
-            notification.id, page, recipients=[], filtered=[r.to_dict() for r in cancelled]
+            notification.id,
+            page,
+            recipients=[],
+            filtered=[*event.get("filtered", ()), *(r.to_dict() for r in cancelled)],
         )
     mode = notification.request.get("quiet_hours")
     if page.due is not None:
@@ -260,7 +275,9 @@ def filter_recipients(
         recipients,
         now,
     )
-    filtered = [r.to_dict() for r in decision.filtered]
+    # What ResolveRecipients settled already (removed devices) goes on with the page.
+    filtered = list(event.get("filtered", ()))
+    filtered += [r.to_dict() for r in decision.filtered]
     filtered += [
         DeliveryResult(
             r.device_id, r.user_id, Outcome.DEFERRED, deferred_until=_iso(until)
@@ -582,8 +599,12 @@ def record_page_failure(
 ) -> dict[str, Any]:
     notification = repository.get_notification(event["notification_id"])
     page = PageRef.from_event(event)
+    audience = send_audience(notification)
+    if page.due is None:
+        # Removed devices first: their row says removed, not failed.
+        repository.record_removed_in_page(notification.id, audience, page)
     failed = repository.record_page_failure(
-        notification.id, send_audience(notification), page, describe_error(event.get("error"))
+        notification.id, audience, page, describe_error(event.get("error"))
     )
     return page_event(notification.id, page, failed=failed)
 
