@@ -41,4 +41,8 @@ def test_the_api_and_the_state_machine_may_redrive_only_this_stacks_executions()
     [api_scope] = _actions_on("ApiFunction", "states:RedriveExecution")
     assert ":execution:${SendNotificationStateMachine.Name}:*" in api_scope["Fn::Sub"]
     [children] = _actions_on("SendNotificationStateMachine", "states:RedriveExecution")
-    assert any("send-notification/*" in scope["Fn::Sub"] for scope in children)
+    # The Map Run's child executions only: `<state machine>/<map run label>:<child>`.
+    scopes = children if isinstance(children, list) else [children]
+    assert [scope["Fn::Sub"].split(":execution:")[-1] for scope in scopes] == [
+        "${AWS::StackName}-send-notification/*"
+    ]

@@ -44,7 +44,7 @@ from pushflow.domain.rules import DEFAULT_PREFERENCES, Preferences
 
 # The newest migration this code was written for (a test keeps it equal to the
 # newest file in migrations/). Deployed functions refuse an older schema.
-SCHEMA_VERSION = "0003_schedules"
+SCHEMA_VERSION = "0004_send_ends"
 
 # SQLSTATE classes worth a retry: connection exceptions, operator intervention
 # (shutdown, admin terminate), insufficient resources, serialization/deadlock.
