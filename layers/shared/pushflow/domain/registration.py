@@ -180,6 +180,9 @@ def preferences_from(body: Mapping[str, Any]) -> Preferences:
     for name in caps:
         if name not in CATEGORIES:
             raise InvalidRequest(f"unknown category {name!r}", f"caps.{name}")
+        if CATEGORIES[name].daily_cap is None:
+            # Accepting it would change nothing: these pushes are never capped.
+            raise InvalidRequest(f"{name!r} pushes have no daily cap to set", f"caps.{name}")
     quiet = body.get("quiet_hours")
     return Preferences(
         opted_out=frozenset(opted_out),
