@@ -380,14 +380,20 @@ def send_notification() -> Response[Any]:
         notification, created = sending.submit(
             request, services.repository, services.workflow, idempotency_key=key
         )
-    return _json(202 if created else 200, notification.to_dict())
+    answer = notification.to_dict()
+    unknown = registration.unknown_external_ids(request, services.repository)
+    if unknown is not None:
+        # Unknown users are not an error (they may be created later) but not silent either.
+        answer["unknown_external_ids"] = unknown
+    return _json(202 if created else 200, answer)
 
 
 @app.get("/v1/notifications/<notification_id>")
 def get_notification(notification_id: str) -> Response[Any]:
     _backend()
     notification_id = _path("notification_id", notification_id)
-    return _json(200, _services().repository.get_notification(notification_id).to_dict())
+    notification = registration.notification_view(notification_id, _services().repository)
+    return _json(200, notification.to_dict())
 
 
 @app.get("/v1/notifications/<notification_id>/deliveries")

@@ -215,3 +215,32 @@ def test_an_event_of_another_shape_is_a_named_error(
     with pytest.raises(UnsupportedEvent) as raised:
         runtime.invoke("ApiFunction", event)
     assert says in str(raised.value)
+
+
+@pytest.mark.parametrize("category", ["transactional", "security"])
+def test_a_cap_for_an_uncapped_category_is_a_field_error(client: Client, category: str) -> None:
+    # Accepting it would be a promise never kept: these pushes are never capped.
+    user = f"edge-{uuid.uuid4().hex[:8]}"
+    answer = client.request("PUT", "/v1/me/preferences", {"caps": {category: 1}}, user=user)
+    assert assert_error(answer, 400, "invalid_request")["field"] == f"caps.{category}"
+    stored = client.request("GET", "/v1/me/preferences", user=user)
+    assert category not in stored.body.get("caps", {})
+
+
+def test_the_answer_to_a_send_says_how_many_users_are_unknown(client: Client) -> None:
+    known = f"edge-{uuid.uuid4().hex[:8]}"
+    assert client.request("PUT", f"/v1/users/{known}", {}, backend=True).status == 201
+    send = valid_send(
+        audience={"type": "users", "external_ids": [known, "edge-nobody-1", "edge-nobody-2"]}
+    )
+    answer = client.request("POST", NOTIFICATIONS, send, backend=True)
+    assert answer.status == 202, answer.raw
+    assert answer.body["unknown_external_ids"] == 2
+    # An audience that is not a list of users has nothing to count.
+    everyone = client.request(
+        "POST",
+        NOTIFICATIONS,
+        valid_send(audience={"type": "topic", "topic": "nobody-follows"}),
+        backend=True,
+    )
+    assert everyone.status == 202 and "unknown_external_ids" not in everyone.body

@@ -645,7 +645,7 @@ def test_key_patterns_openapi_cannot_express_are_recorded(schemas: dict[str, Any
             "DeviceRegistration",
             {
                 "platform": "android",
-                "token": "fcm:APA91b_token-1",
+                "token": "fcm:APA91b_token-1-of-a-realistic-length",
                 "locale": "pt-BR",
                 "time_zone": "America/Sao_Paulo",
             },

@@ -117,8 +117,21 @@ def _explain(error: ValidationError, prefix: Sequence[Any] = ()) -> InvalidReque
         allowed = error.schema.get("properties", {})
         name = next((n for n in instance if n not in allowed), None)
         return InvalidRequest(f"unknown field {_join(path, name)!r}", _join(path, name))
+    if error.validator == "oneOf" and _exactly_one_of(error.validator_value):
+        # `oneOf: [{required: [a]}, {required: [b]}]`: exactly one of the fields a, b.
+        names = [branch["required"][0] for branch in error.validator_value]
+        given = [name for name in names if name in instance]
+        field = _join(path, (given or names)[0])
+        return InvalidRequest(f"give exactly one of {' and '.join(names)}", field)
     field = _join(path) or "request"
     return InvalidRequest(f"{field}: {_bounded(error.message)}", field)
+
+
+def _exactly_one_of(branches: Any) -> bool:
+    return isinstance(branches, list) and all(
+        isinstance(branch, Mapping) and set(branch) == {"required"} and len(branch["required"]) == 1
+        for branch in branches
+    )
 
 
 # jsonschema's messages quote the offending value: a 60 KiB string would come back

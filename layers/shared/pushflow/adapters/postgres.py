@@ -965,6 +965,15 @@ class Repository:
         )
         return _user(rows[0]) if rows else None
 
+    def count_unknown_users(self, external_ids: list[str]) -> int:
+        """How many of `external_ids` (distinct) name no user."""
+        rows = self.run(
+            "SELECT count(*) FROM unnest(CAST(:ids AS text[])) AS wanted(external_id)"
+            " WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.external_id = wanted.external_id)",
+            ids=sorted(set(external_ids)),
+        )
+        return int(rows[0][0])
+
     def find_device_by_token(self, platform: str, token: str) -> Device | None:
         rows = self.run(
             f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE platform = :platform AND token = :token",
