@@ -114,3 +114,31 @@ def test_pushflow_invoke_runs_a_handler_from_the_command_line() -> None:
     result = json.loads(completed.stdout[completed.stdout.index("{") :])
     assert result["notification_id"] == SAMPLE_NOTIFICATION_ID
     assert result["status"] == "completed"
+
+
+def test_the_api_sample_events_store_what_they_say(sample_runtime: Any) -> None:
+    # The device registration's answer, and the device as stored and as listed.
+    event = load_event("api_register_device.json")
+    sent = json.loads(event["body"])
+    answer = sample_runtime.invoke("ApiFunction", event)
+    assert answer["statusCode"] in (200, 201), answer["body"]
+    device_id = int(json.loads(answer["body"])["device_id"])
+    stored = sample_runtime.services.repository.run(
+        "SELECT d.platform, d.token, u.external_id, u.locale, u.time_zone FROM devices d"
+        " JOIN users u ON u.id = d.user_id WHERE d.id = :id",
+        id=device_id,
+    )
+    sub = event["requestContext"]["authorizer"]["claims"]["sub"]
+    assert stored == [[sent["platform"], sent["token"], sub, sent["locale"], sent["time_zone"]]]
+
+    # The send's answer, and the notification as stored, with its execution started.
+    event = load_event("api_send_notification.json")
+    answer = sample_runtime.invoke("ApiFunction", event)
+    assert answer["statusCode"] in (200, 202), answer["body"]
+    accepted = json.loads(answer["body"])
+    notification = sample_runtime.services.repository.get_notification(accepted["notification_id"])
+    assert notification.request == json.loads(event["body"])
+    assert notification.category == "news"
+    assert notification.execution_arn
+    execution = sample_runtime.wait(notification.execution_arn, timeout=60)
+    assert execution["status"] == "SUCCEEDED"
