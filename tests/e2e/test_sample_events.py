@@ -142,3 +142,47 @@ def test_the_api_sample_events_store_what_they_say(sample_runtime: Any) -> None:
     assert notification.execution_arn
     execution = sample_runtime.wait(notification.execution_arn, timeout=60)
     assert execution["status"] == "SUCCEEDED"
+
+
+TASK_FUNCTIONS = [*sorted(EVENTS), "TokenLifecycleFunction"]
+
+
+@pytest.mark.parametrize("function", TASK_FUNCTIONS)
+@pytest.mark.parametrize(
+    "event",
+    [{}, {"unrelated": 1}, [1, 2], "text", load_event("api_get_notification.json")],
+    ids=["empty", "unrelated", "array", "string", "an API event"],
+)
+def test_an_event_of_another_shape_is_a_named_error(
+    runtime: Any, function: str, event: Any
+) -> None:
+    from pushflow.domain.errors import UnsupportedEvent
+
+    with pytest.raises(UnsupportedEvent) as raised:
+        runtime.invoke(function, event)
+    # The message names the function whose event it is not.
+    assert function.removesuffix("Function") in str(raised.value)
+
+
+def test_every_sample_event_belongs_to_a_function_or_the_state_machine() -> None:
+    others = {
+        "state_machine_input.json",  # the SendNotification execution's input
+        "token_lifecycle_sweep.json",  # DeviceSweepFunction's scheduled event
+    }
+    prefixes = ("api_", "migrate_", "platform_application_", "token_lifecycle_")
+    for path in (REPO_ROOT / "events").glob("*.json"):
+        assert (
+            path.name in EVENTS.values() or path.name in others or path.name.startswith(prefixes)
+        ), f"{path.name} fits no function"
+
+
+def test_the_state_machine_input_sample_runs_a_send(sample_runtime: Any) -> None:
+    sfn = sample_runtime.client("stepfunctions")
+    started = sfn.start_execution(
+        stateMachineArn=sample_runtime.state_machine_arn,
+        input=json.dumps(load_event("state_machine_input.json")),
+    )
+    execution = sample_runtime.wait(started["executionArn"], timeout=60)
+    assert execution["status"] == "SUCCEEDED"
+    notification = sample_runtime.services.repository.get_notification(SAMPLE_NOTIFICATION_ID)
+    assert notification.status.value in ("completed", "completed_with_failures")
