@@ -244,3 +244,43 @@ def test_the_answer_to_a_send_says_how_many_users_are_unknown(client: Client) ->
         backend=True,
     )
     assert everyone.status == 202 and "unknown_external_ids" not in everyone.body
+
+
+def test_deliveries_say_which_locale_variant_and_title_each_device_got(
+    client: Client, runtime: LocalRuntime
+) -> None:
+    from tests.e2e.test_api import new_token
+
+    # GIVEN three users: Austrian German, English, and French (no French variant)
+    prefix = f"edge-{uuid.uuid4().hex[:8]}"
+    people = {"at": ("de-AT", "Anna"), "en": ("en", "Ben"), "fr": ("fr", "Chloé")}
+    devices = {}
+    for key, (locale, first_name) in people.items():
+        user = f"{prefix}-{key}"
+        profile = {"locale": locale, "attributes": {"first_name": first_name}}
+        assert client.request("PUT", f"/v1/users/{user}", profile, backend=True).status == 201
+        answer = client.register(user, new_token(), locale=locale)
+        devices[answer.body["device_id"]] = key
+    content = {
+        "title": "Hi {first_name}",
+        "body": "Your digest",
+        "localizations": {"de": {"title": "Hallo {first_name}", "body": "Deine Übersicht"}},
+    }
+    send = valid_send(
+        audience={"type": "users", "external_ids": [f"{prefix}-{k}" for k in people]},
+        content=content,
+    )
+    # WHEN the send has run
+    accepted = client.send(send)
+    assert accepted.status == 202, accepted.raw
+    client.wait_until_done(accepted.body["notification_id"])
+    # THEN each delivery row says which variant it got and the title it showed
+    shown = {
+        devices[row["device_id"]]: (row["outcome"], row["content_locale"], row["title"])
+        for row in client.deliveries(accepted.body["notification_id"])
+    }
+    assert shown == {
+        "at": ("sent", "de", "Hallo Anna"),
+        "en": ("sent", "default", "Hi Ben"),
+        "fr": ("sent", "default", "Hi Chloé"),
+    }
