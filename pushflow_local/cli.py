@@ -165,11 +165,25 @@ def invoke(args: argparse.Namespace) -> int:
     # Everything that can be checked without the stack is checked before it starts.
     logical_id = _function_id(args.function)
     event = _read_event(args.event) if args.event else {}
-    with LocalRuntime(progress=_say, log_path=LOG_PATH) as runtime:
+    from pushflow_local.cfn_response import ResponseUrlStandIn, is_custom_resource_request
+
+    with (
+        LocalRuntime(progress=_say, log_path=LOG_PATH) as runtime,
+        ResponseUrlStandIn() as cloudformation,
+    ):
         if args.sample_data:
-            from pushflow_local.demo import seed_sample_data
+            from pushflow_local.demo import (
+                seed_sample_data,
+                seed_sample_secrets,
+                with_sample_secret_arns,
+            )
 
             seed_sample_data(runtime)
+            event = with_sample_secret_arns(event, seed_sample_secrets(runtime))
+        if is_custom_resource_request(event):
+            # The sample's ResponseURL stands for CloudFormation's: answer here instead.
+            _say("the custom resource's answer goes to a local stand-in of CloudFormation")
+            event = cloudformation.redirect(event)
         try:
             result: Any = runtime.invoke(logical_id, event)
         except Exception as error:  # reported as Lambda reports it
@@ -182,6 +196,11 @@ def invoke(args: argparse.Namespace) -> int:
         finally:
             _wait_for_executions(runtime)
         print(json.dumps(result, indent=2, default=str))
+        for answer in cloudformation.answers:
+            print("CloudFormation would have received:")
+            print(json.dumps(answer, indent=2))
+            if answer.get("Status") != "SUCCESS":
+                return 1
         return 0
 
 

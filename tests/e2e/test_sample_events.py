@@ -186,3 +186,55 @@ def test_the_state_machine_input_sample_runs_a_send(sample_runtime: Any) -> None
     assert execution["status"] == "SUCCEEDED"
     notification = sample_runtime.services.repository.get_notification(SAMPLE_NOTIFICATION_ID)
     assert notification.status.value in ("completed", "completed_with_failures")
+
+
+@pytest.mark.parametrize(
+    ("event_file", "changed"),
+    [
+        ("token_lifecycle_endpoint_updated.json", "disabled"),
+        ("token_lifecycle_delivery_failure.json", "disabled"),
+        ("token_lifecycle_endpoint_deleted.json", "removed"),
+    ],
+)
+def test_the_token_lifecycle_samples_act_on_a_seeded_device(
+    sample_runtime: Any, event_file: str, changed: str
+) -> None:
+    # The samples name the endpoint of a device `--sample-data` seeds: they change it.
+    summary = sample_runtime.invoke("TokenLifecycleFunction", load_event(event_file))
+    assert summary[changed] == 1, summary
+    (state,) = sample_runtime.services.repository.run(
+        "SELECT count(*) FILTER (WHERE enabled), count(*) FROM devices WHERE endpoint_arn LIKE"
+        " '%/8c0d7b52-6f0e-3b6a-a1d4-3e2f1b0c9d22'"
+    )
+    assert state == ([0, 1] if changed == "disabled" else [0, 0])
+
+
+def test_the_custom_resource_samples_run_locally_and_answer_a_stand_in() -> None:
+    # A process of its own (its own stack): the sample's secret is created with the
+    # sample data, and the answer goes to a local stand-in, not to CloudFormation's URL.
+    environment = {
+        name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ
+    }
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pushflow_local.cli",
+            "invoke",
+            "PlatformApplication",
+            "-e",
+            "events/platform_application_create.json",
+            "--sample-data",
+        ],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    answer = completed.stdout[completed.stdout.index("CloudFormation would have received:") :]
+    sent = json.loads(answer[answer.index("{") :])
+    assert sent["Status"] == "SUCCESS", sent
+    assert sent["Data"]["Arn"].endswith(":app/GCM/pushflow-dev-android")
