@@ -41,3 +41,10 @@ def _kind(value: Any) -> str:
     if value is None:
         return "null"
     return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def require_page(event: Mapping[str, Any], function: str) -> None:
+    """A page is named as resolved (`page`, an object) or by its plan's S3 key (`page_key`)."""
+    if isinstance(event.get("page"), dict) or isinstance(event.get("page_key"), str):
+        return
+    raise UnsupportedEvent(f"{function}'s event has neither 'page' nor 'page_key'", "page")
