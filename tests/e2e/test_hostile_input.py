@@ -302,12 +302,29 @@ def test_nesting_past_the_limit_inside_free_form_data_is_refused_with_400(
     assert "nested" in body["message"]
 
 
-def test_nesting_within_the_limit_is_taken(client: Client) -> None:
+def _nested(levels: int) -> Any:
     deep: Any = "leaf"
-    for _ in range(20):
+    for _ in range(levels):
         deep = {"k": deep}
-    answer = client.send(valid_send(data={"k": deep}))
+    return deep
+
+
+def test_nesting_within_the_limit_is_taken(client: Client) -> None:
+    # A `data` value may nest four levels (the document's DataValue4).
+    answer = client.send(valid_send(data={"k": _nested(4)}))
     assert answer.status == 202, answer.raw
+
+
+def test_data_nested_past_the_documented_limit_is_refused_naming_the_field(
+    client: Client,
+) -> None:
+    body = refused(
+        client.server.runtime,
+        lambda: client.send(valid_send(data={"k": _nested(5)})),
+        status=400,
+        case="data nested five levels",
+    )
+    assert body["field"].startswith("content.data.k"), body
 
 
 HUGE_BODIES = {
