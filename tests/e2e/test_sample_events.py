@@ -169,12 +169,21 @@ def test_every_sample_event_belongs_to_a_function_or_the_state_machine() -> None
     others = {
         "state_machine_input.json",  # the SendNotification execution's input
         "token_lifecycle_sweep.json",  # DeviceSweepFunction's scheduled event
+        "reconcile_sends.json",  # ReconcileSendsFunction's scheduled event
     }
     prefixes = ("api_", "migrate_", "platform_application_", "token_lifecycle_")
     for path in (REPO_ROOT / "events").glob("*.json"):
         assert (
             path.name in EVENTS.values() or path.name in others or path.name.startswith(prefixes)
         ), f"{path.name} fits no function"
+
+
+def test_the_reconciler_sample_event_runs_through_its_function(sample_runtime: Any) -> None:
+    summary = sample_runtime.invoke("ReconcileSendsFunction", load_event("reconcile_sends.json"))
+
+    assert isinstance(summary, dict)
+    assert isinstance(summary["finalized"], dict)
+    assert summary["examined"] >= 0
 
 
 def test_the_state_machine_input_sample_runs_a_send(sample_runtime: Any) -> None:
