@@ -1,14 +1,16 @@
-"""PublishBatch: publish one page to SNS, each device at most once."""
+"""PublishBatch: publish one page to SNS, each device once (as its category's policy says)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from pushflow.domain import sending
-from pushflow.handler import task
+from pushflow.handler import deadline, task
 from pushflow.services import Services
 
 
 @task
 def lambda_handler(event: dict[str, Any], services: Services) -> dict[str, Any]:
-    return sending.publish(event, services.repository, services.store, services.publisher)
+    return sending.publish(
+        event, services.repository, services.repository, services.publisher, deadline()
+    )

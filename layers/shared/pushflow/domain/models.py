@@ -28,6 +28,10 @@ class Outcome(StrEnum):
     ENDPOINT_DISABLED = "endpoint_disabled"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # SNS's answer could not say whether the push went (a 5xx, a timeout or a reset
+    # after the request was written, or an attempt that stopped while publishing),
+    # and the category is pushed at most once: never pushed again.
+    UNKNOWN = "unknown"
 
 
 # Outcome(value) as a dict lookup: RecordResults parses one per row.

@@ -45,6 +45,14 @@ class FilterDecision:
             raise ValueError("one position per eligible recipient")
 
 
+@dataclass(frozen=True, slots=True)
+class PriorClaim:
+    """What an earlier attempt of a page left for a device it claimed: its row, or
+    None when it stopped between the claim and the row (the push may have gone)."""
+
+    result: DeliveryResult | None
+
+
 class NotificationRepository(Protocol):
     def create_notification(
         self,
@@ -101,7 +109,11 @@ class NotificationRepository(Protocol):
     ) -> tuple[list[tuple[PageRef, int]], datetime | None]: ...
 
     def record_deliveries(
-        self, notification_id: str, page: int, results: Iterable[DeliveryResult]
+        self,
+        notification_id: str,
+        page: int,
+        results: Iterable[DeliveryResult],
+        released: Sequence[int] = (),
     ) -> int: ...
 
     def record_page_failure(
@@ -127,6 +139,24 @@ class PagePlans(Protocol):
 
 class WorkflowStarter(Protocol):
     def start(self, execution_name: str, notification_id: str) -> str: ...
+
+
+class PublishClaims(Protocol):
+    """The durable record of which devices a send pushed to (PostgreSQL)."""
+
+    def claim_devices(
+        self, notification_id: str, page: int, recipients: Sequence[tuple[int, int]]
+    ) -> dict[int, PriorClaim | None]:
+        """Claim (device, user) pairs: None where claimed now, else what was there."""
+        ...
+
+    def record_deliveries(
+        self,
+        notification_id: str,
+        page: int,
+        results: Iterable[DeliveryResult],
+        released: Sequence[int] = (),
+    ) -> int: ...
 
 
 class PublishMarkers(Protocol):
