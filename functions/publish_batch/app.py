@@ -12,5 +12,10 @@ from pushflow.services import Services
 @task
 def lambda_handler(event: dict[str, Any], services: Services) -> dict[str, Any]:
     return sending.publish(
-        event, services.repository, services.repository, services.publisher, deadline()
+        event,
+        services.repository,
+        services.repository,
+        services.publisher,
+        deadline(),
+        markers=services.store,
     )

@@ -160,9 +160,7 @@ class PublishClaims(Protocol):
 
 
 class PublishMarkers(Protocol):
-    def claim(
-        self, notification_id: str, page: str, device_ids: Sequence[int]
-    ) -> dict[int, str | None]: ...
+    """Redis, where an attempt keeps its results when PostgreSQL refused its rows."""
 
     def settle(
         self,
@@ -171,3 +169,5 @@ class PublishMarkers(Protocol):
         sent: Mapping[int, str],
         released: Sequence[int] = (),
     ) -> None: ...
+
+    def markers(self, notification_id: str, page: str) -> dict[int, str]: ...

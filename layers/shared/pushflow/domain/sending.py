@@ -25,6 +25,8 @@ from pushflow.domain.errors import (
     OutOfTimeError,
     PublishRejectedError,
     ThrottledError,
+    TransientDatabaseError,
+    TransientStoreError,
     UnfillablePlaceholder,
 )
 from pushflow.domain.models import (
@@ -43,6 +45,7 @@ from pushflow.domain.ports import (
     PagePlans,
     PriorClaim,
     PublishClaims,
+    PublishMarkers,
     RecipientRules,
     WorkflowStarter,
 )
@@ -287,6 +290,8 @@ def _iso(moment: datetime) -> str:
 STOP_MARGIN_SECONDS = 12.0
 
 _STOPPED_WHILE_PUBLISHING = "outcome unknown: an earlier attempt stopped while publishing"
+# What an attempt that could not write its rows keeps in Redis for its retry.
+_KEPT_IN_REDIS = frozenset({Outcome.SENT, Outcome.ENDPOINT_DISABLED, Outcome.FAILED})
 
 # What each final answer from SNS becomes. The others release the device for the
 # page's retry: THROTTLED and RETRYABLE (not sent), REJECTED (the send cannot
@@ -296,6 +301,31 @@ _OUTCOME_OF = {
     PublishStatus.ENDPOINT_DISABLED: Outcome.ENDPOINT_DISABLED,
     PublishStatus.FAILED: Outcome.FAILED,
 }
+
+
+_FAILED_PREFIX = "failed:"
+_DISABLED_PREFIX = "disabled:"
+
+
+def _marker_for(result: DeliveryResult) -> str:
+    """How a result is kept in Redis when its row could not be written."""
+    if result.outcome is Outcome.SENT:
+        return result.sns_message_id or ""
+    prefix = _DISABLED_PREFIX if result.outcome is Outcome.ENDPOINT_DISABLED else _FAILED_PREFIX
+    return f"{prefix}{result.error}"
+
+
+def _from_marker(device_id: int, user_id: int, marker: str) -> DeliveryResult | None:
+    """The result a marker kept; None for one that says nothing (or a legacy claim)."""
+    if not marker or marker == "pending":
+        return None
+    if marker.startswith(_DISABLED_PREFIX):
+        error = marker.removeprefix(_DISABLED_PREFIX)
+        return DeliveryResult(device_id, user_id, Outcome.ENDPOINT_DISABLED, error=error)
+    if marker.startswith(_FAILED_PREFIX):
+        error = marker.removeprefix(_FAILED_PREFIX)
+        return DeliveryResult(device_id, user_id, Outcome.FAILED, error=error)
+    return DeliveryResult(device_id, user_id, Outcome.SENT, marker)
 
 
 def collapse_id_for(notification_id: str) -> str:
@@ -457,9 +487,28 @@ class _PageWrites:
         except Exception:
             _log.warning("early write of a page failed; it goes again with the rest", exc_info=True)
 
-    def write_rest(self) -> None:
-        """Record what is not written yet; durable before the function answers."""
-        self._write()
+    def write_rest(self, markers: PublishMarkers | None) -> None:
+        """Record what is not written yet; durable before the function answers.
+
+        When PostgreSQL refuses the rows, the results are kept in Redis (best
+        effort) before the error is raised: the page's retry takes them from there
+        rather than applying the ambiguous-answer policy to pushes whose answer
+        was known. If Redis lost them too, the policy applies.
+        """
+        try:
+            self._write()
+        except TransientDatabaseError:
+            unwritten = [r for r in self.results[self._recorded :] if r.outcome in _KEPT_IN_REDIS]
+            if markers is not None and unwritten:
+                try:
+                    markers.settle(
+                        self.notification_id,
+                        self.page.key(),
+                        {r.device_id: _marker_for(r) for r in unwritten},
+                    )
+                except TransientStoreError:
+                    _log.warning("neither PostgreSQL nor Redis kept the page's results")
+            raise
 
 
 def publish(
@@ -469,6 +518,7 @@ def publish(
     publisher: Publisher,
     deadline: Deadline = NO_DEADLINE,
     stop_margin: float = STOP_MARGIN_SECONDS,
+    markers: PublishMarkers | None = None,
 ) -> dict[str, Any]:
     """Publish a page once per device (for at-least-once categories, at least once),
     whatever retries happen and whatever Redis loses.
@@ -502,6 +552,8 @@ def publish(
         page.number,
         [(int(raw["device_id"]), int(raw["user_id"])) for raw in recipients],
     )
+    if markers is not None and any(c is not None and c.result is None for c in claimed.values()):
+        claimed = _with_kept_results(notification.id, page, recipients, claimed, markers)
     content = compile_content(notification.content)
     at_least_once = lookup_category(notification.category).at_least_once
     writes = _PageWrites(
@@ -513,7 +565,7 @@ def publish(
     # retried, and the retry finds its claims; once its retries are spent,
     # RecordPageFailure writes `unknown` for claimed devices without a row and
     # `failed` for the others.
-    writes.write_rest()
+    writes.write_rest(markers)
     if writes.maybe_gone:
         _log.warning(
             "%d pushes may have gone (%s): %s; devices %s",
@@ -546,6 +598,30 @@ def publish(
     # The rows are in PostgreSQL: the answer says how the page went, not how each
     # device did (Step Functions carries and copies every state's data).
     return page_event(notification.id, page, recorded=True, outcomes=outcome_totals(results))
+
+
+def _with_kept_results(
+    notification_id: str,
+    page: PageRef,
+    recipients: Sequence[Mapping[str, Any]],
+    claimed: Mapping[int, PriorClaim | None],
+    markers: PublishMarkers,
+) -> dict[int, PriorClaim | None]:
+    """Claims without a row, completed from what an earlier attempt kept in Redis
+    when PostgreSQL refused its rows. Redis unreachable or emptied: left as they are
+    (the ambiguous-answer policy then applies)."""
+    try:
+        kept = markers.markers(notification_id, page.key())
+    except TransientStoreError:
+        return dict(claimed)
+    users = {int(raw["device_id"]): int(raw["user_id"]) for raw in recipients}
+    completed = dict(claimed)
+    for device_id, claim in claimed.items():
+        if claim is not None and claim.result is None and device_id in kept:
+            result = _from_marker(device_id, users[device_id], kept[device_id])
+            if result is not None:
+                completed[device_id] = PriorClaim(result)
+    return completed
 
 
 def _rejection(writes: _PageWrites) -> str:
