@@ -175,6 +175,8 @@ def build_sns_message(
 # fits for every real audience, and the per-recipient build still enforces the
 # exact limit, so such an outlier fails alone instead of the whole send.
 _WORST_CASE_VALUE = "é" * MAX_ATTRIBUTE_CHARS
+# As long as `sending.collapse_id_for` makes them: "pf-" and a notification's uuid.
+_LONGEST_COLLAPSE_ID = "pf-" + "0" * 36
 
 
 def check_content_fits(content: Mapping[str, Any]) -> None:
@@ -185,5 +187,8 @@ def check_content_fits(content: Mapping[str, Any]) -> None:
     # rendering each of those covers every recipient.
     for locale in (None, *compiled.locale_keys):
         rendered = compiled.render(locale, worst_case)
-        build_sns_message(rendered, "ios", sandbox=False)
-        build_sns_message(rendered, "android", sandbox=False)
+        # With the collapse id every at-least-once push carries (the longest there is).
+        build_sns_message(rendered, "ios", sandbox=False, default_collapse_id=_LONGEST_COLLAPSE_ID)
+        build_sns_message(
+            rendered, "android", sandbox=False, default_collapse_id=_LONGEST_COLLAPSE_ID
+        )
