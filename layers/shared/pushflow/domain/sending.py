@@ -286,7 +286,8 @@ def _iso(moment: datetime) -> str:
 # push taken now may wait the publisher's read timeout (10 s) for its answer, and
 # the page's rows then take a COPY to write. What was not pushed is released and
 # the page retried (`OutOfTimeError`), instead of Lambda stopping the function
-# with pushes that never left recorded as if they might have.
+# with pushes that never left recorded as if they might have. (Half the
+# invocation's time instead, for a function whose Timeout is under twice this.)
 STOP_MARGIN_SECONDS = 12.0
 
 _STOPPED_WHILE_PUBLISHING = "outcome unknown: an earlier attempt stopped while publishing"
@@ -556,9 +557,10 @@ def publish(
         claimed = _with_kept_results(notification.id, page, recipients, claimed, markers)
     content = compile_content(notification.content)
     at_least_once = lookup_category(notification.category).at_least_once
-    writes = _PageWrites(
-        notification.id, page, claims, results, at_least_once, deadline, stop_margin
-    )
+    # A function given less than twice the margin (a short Timeout) keeps half its
+    # time for pushing rather than none.
+    margin = min(stop_margin, deadline.seconds_left() / 2)
+    writes = _PageWrites(notification.id, page, claims, results, at_least_once, deadline, margin)
     writes.take(publisher.publish(writes.pushes(recipients, claimed, content), writes.write_early))
     # Durable before answering, and before asking for a retry: a function that
     # times out (`Sandbox.Timedout`) or dies (`Lambda.Unknown`) from here on is
@@ -587,7 +589,7 @@ def publish(
     if writes.out_of_time:
         raise OutOfTimeError(
             f"{len(writes.out_of_time)} of {len(recipients)} pushes not taken: the invocation"
-            f" had less than {stop_margin:g} s left; {writes.settled} settled and recorded,"
+            f" had less than {margin:g} s left; {writes.settled} settled and recorded,"
             " the rest is retried"
         )
     if writes.released:
