@@ -148,6 +148,6 @@ def disable_endpoints(runtime: LocalRuntime, endpoint_arns: Sequence[str]) -> No
 def reset_data(runtime: LocalRuntime) -> None:
     runtime.services.repository.run(
         "TRUNCATE schedule_runs, schedules, deliveries, notifications, topic_subscriptions,"
-        " preferences, devices, users RESTART IDENTITY"
+        " preferences, devices, users, publish_claims RESTART IDENTITY"
     )
     runtime.services.store.client.flushdb()

@@ -18,4 +18,5 @@ def lambda_handler(event: dict[str, Any], services: Services) -> dict[str, Any]:
         services.publisher,
         deadline(),
         markers=services.store,
+        now=services.clock.now(),
     )

@@ -7,6 +7,8 @@ device got is read from what SNS received.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from pushflow.domain.categories import CATEGORIES
@@ -28,7 +30,9 @@ def flush_redis(runtime: LocalRuntime) -> None:
 def test_a_cap_holds_when_redis_lost_its_counters_between_sends(
     clean_runtime: LocalRuntime,
 ) -> None:
-    # GIVEN 12 users on two devices each who got today's `news` cap of pushes
+    # GIVEN the runtime's clock (the one caps count by) days ahead of the database's
+    clean_runtime.clock.advance(timedelta(days=3))
+    # ... and 12 users on two devices each who got today's `news` cap of pushes
     prefix = unique_prefix()
     users = [
         SeedUser(f"{prefix}-{i}", devices=[("ios", False), ("android", False)]) for i in range(12)

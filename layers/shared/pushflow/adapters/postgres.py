@@ -832,9 +832,14 @@ class Repository:
     # -- results -----------------------------------------------------------
 
     def claim_devices(
-        self, notification_id: str, page: int, recipients: Sequence[tuple[int, int]]
+        self,
+        notification_id: str,
+        page: int,
+        recipients: Sequence[tuple[int, int]],
+        claimed_at: datetime | None = None,
     ) -> dict[int, PriorClaim | None]:
         """Claim (device, user) pairs for publishing, durably, in one round trip.
+        `claimed_at`: the sender's clock, the one caps count by (the server's by default).
 
         None where claimed now; else what an earlier attempt left: its row, or a
         claim without one (it stopped while publishing: the push may have gone).
@@ -844,8 +849,9 @@ class Repository:
         rows = self.run(
             "WITH incoming AS (SELECT * FROM unnest(CAST(:devices AS bigint[]),"
             " CAST(:users AS bigint[])) AS t(device_id, user_id)),"
-            " claimed AS (INSERT INTO publish_claims (notification_id, device_id, user_id, page)"
-            " SELECT CAST(:nid AS uuid), device_id, user_id, :page FROM incoming"
+            " claimed AS (INSERT INTO publish_claims (notification_id, device_id, user_id, page,"
+            " claimed_at) SELECT CAST(:nid AS uuid), device_id, user_id, :page,"
+            " COALESCE(CAST(:claimed_at AS timestamptz), now()) FROM incoming"
             " ON CONFLICT (notification_id, device_id) DO NOTHING RETURNING device_id)"
             " SELECT i.device_id, c.device_id IS NOT NULL, d.outcome, d.sns_message_id, d.error"
             " FROM incoming i LEFT JOIN claimed c ON c.device_id = i.device_id"
@@ -855,6 +861,7 @@ class Repository:
             page=int(page),
             devices=[device for device, _ in recipients],
             users=[user for _, user in recipients],
+            claimed_at=claimed_at,
         )
         users = dict(recipients)
         claims: dict[int, PriorClaim | None] = {}

@@ -145,7 +145,11 @@ class PublishClaims(Protocol):
     """The durable record of which devices a send pushed to (PostgreSQL)."""
 
     def claim_devices(
-        self, notification_id: str, page: int, recipients: Sequence[tuple[int, int]]
+        self,
+        notification_id: str,
+        page: int,
+        recipients: Sequence[tuple[int, int]],
+        claimed_at: datetime | None = None,
     ) -> dict[int, PriorClaim | None]:
         """Claim (device, user) pairs: None where claimed now, else what was there."""
         ...

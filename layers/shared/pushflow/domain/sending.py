@@ -520,6 +520,7 @@ def publish(
     deadline: Deadline = NO_DEADLINE,
     stop_margin: float = STOP_MARGIN_SECONDS,
     markers: PublishMarkers | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """Publish a page once per device (for at-least-once categories, at least once),
     whatever retries happen and whatever Redis loses.
@@ -552,6 +553,7 @@ def publish(
         notification.id,
         page.number,
         [(int(raw["device_id"]), int(raw["user_id"])) for raw in recipients],
+        claimed_at=now,
     )
     if markers is not None and any(c is not None and c.result is None for c in claimed.values()):
         claimed = _with_kept_results(notification.id, page, recipients, claimed, markers)
