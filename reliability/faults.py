@@ -213,10 +213,14 @@ class RedisUnavailable(Fault):
     hits only while one of them runs, a point in the send's timeline.
     """
 
-    def __init__(self, trigger: Trigger, during: Sequence[str] = ()) -> None:
+    def __init__(
+        self, trigger: Trigger, during: Sequence[str] = (), read_only: bool = False
+    ) -> None:
         super().__init__(trigger)
         self.during = tuple(during)
-        self.name = "redis unavailable" + (f" (during {', '.join(self.during)})" if during else "")
+        self.read_only = read_only
+        what = "redis READONLY (a demoted primary)" if read_only else "redis unavailable"
+        self.name = what + (f" (during {', '.join(self.during)})" if during else "")
 
     def install(self, runtime: LocalRuntime, stack: contextlib.ExitStack) -> None:
         store = runtime.services.store
@@ -227,6 +231,10 @@ class RedisUnavailable(Fault):
 
         def refuse() -> None:
             if (not self.during or getattr(inside, "active", False)) and self.trigger.fire():
+                if self.read_only:
+                    raise redis.exceptions.ReadOnlyError(
+                        "You can't write against a read only replica."
+                    )
                 raise redis.exceptions.ConnectionError(
                     "Error 111 connecting to redis: Connection refused."
                 )

@@ -533,6 +533,30 @@ def failure_recorder_fails(runtime: LocalRuntime, size: Size, result: ScenarioRe
     )
 
 
+def redis_readonly(runtime: LocalRuntime, size: Size, result: ScenarioResult) -> None:
+    # A failover demotes the primary: READONLY on FilterRecipients' decide script, and
+    # on PublishBatch's settle, the Redis copy it keeps when PostgreSQL refuses its
+    # rows (the commit is dropped to force that path). Nothing may be lost or doubled:
+    # a device whose result neither kept is `unknown` (news: at most once), pushed once.
+    read_only = RedisUnavailable(
+        Trigger((FILTER, PUBLISH), limit=2 * size.faults_per_send), read_only=True
+    )
+    commit = PostgresConnectionDropped(
+        Trigger((PUBLISH,), limit=size.faults_per_send, rest_of_invocation=True), at="commit"
+    )
+    _, audit = one_send(runtime, size, result, [read_only, commit])
+    fired(result, read_only, size.faults_per_send)
+    result.check(
+        "every device sent once, or `unknown` with its one push",
+        set(audit.outcomes) <= {"sent", "unknown"}
+        and audit.unknown_undelivered == 0
+        and all(copies == 1 for copies in audit.messages.values()),
+        f"outcomes {audit.outcomes}",
+    )
+    retried = failures(runtime, FILTER, "TransientStoreError")
+    result.check("READONLY was a retried TransientStoreError", retried >= 1, f"{retried}")
+
+
 def redis_down_for_good(runtime: LocalRuntime, size: Size, result: ScenarioResult) -> None:
     # The documented policy: without Redis neither dedupe nor caps hold, so every
     # category fails closed once the retries are spent (transactional included).
@@ -908,6 +932,11 @@ SCENARIOS: list[Scenario] = [
         "failure_recorder_fails",
         "RecordPageFailure's own connection drops while it records a failed page",
         failure_recorder_fails,
+    ),
+    Scenario(
+        "redis_readonly",
+        "READONLY from a demoted Redis primary on the filter and on the settle",
+        redis_readonly,
     ),
     Scenario(
         "redis_down_for_good",

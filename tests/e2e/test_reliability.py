@@ -82,6 +82,15 @@ def test_caps_hold_when_redis_lost_its_data_between_sends(clean_runtime: LocalRu
     assert result.audits[-1].outcomes == {"capped": result.audits[-1].expected}
 
 
+def test_readonly_from_a_demoted_redis_loses_and_doubles_nothing(
+    clean_runtime: LocalRuntime,
+) -> None:
+    result = run(clean_runtime, "redis_readonly")
+
+    assert result.injected >= SMALL.faults_per_send
+    assert set(result.outcomes) <= {"sent", "unknown"}
+
+
 def test_sns_accepting_then_failing_follows_each_categorys_policy(
     clean_runtime: LocalRuntime,
 ) -> None:
