@@ -425,6 +425,7 @@ def sns_accepts_then_fails(runtime: LocalRuntime, size: Size, result: ScenarioRe
     # SNS takes a push, then answers a 5xx or resets the connection. News (at most
     # once): recorded unknown, never pushed again. Transactional (at least once):
     # pushed again, every copy under the send's collapse id.
+    faults: list[SnsAcceptsThenFails] = []
     for category, action in (
         ("news", sns.DELIVER_THEN_ERROR),
         ("news", sns.DELIVER_THEN_RESET),
@@ -432,6 +433,7 @@ def sns_accepts_then_fails(runtime: LocalRuntime, size: Size, result: ScenarioRe
         ("transactional", sns.DELIVER_THEN_RESET),
     ):
         fault = SnsAcceptsThenFails(action, times=size.faults_per_send)
+        faults.append(fault)
         _, audit = one_send(runtime, size, result, [fault], category=category, label=category)
         fired(result, fault, size.faults_per_send)
         if category == "news":
@@ -449,6 +451,8 @@ def sns_accepts_then_fails(runtime: LocalRuntime, size: Size, result: ScenarioRe
                 f"outcomes {audit.outcomes}, {audit.collapsed} collapsed copies",
             )
     result.faults = sorted(set(result.faults) | {"sns accepts, then error/reset"})
+    # `one_send` counts the faults of its own send only: all four sends'.
+    result.injected = sum(fault.injected for fault in faults)
 
 
 def timeout_mid_page(runtime: LocalRuntime, size: Size, result: ScenarioResult) -> None:

@@ -96,6 +96,7 @@ def test_sns_accepting_then_failing_follows_each_categorys_policy(
 ) -> None:
     result = run(clean_runtime, "sns_accepts_then_fails")
 
+    assert result.injected == 4 * SMALL.faults_per_send
     # Two news sends: each ambiguous push recorded unknown, never pushed again.
     assert result.unknown == 2 * SMALL.faults_per_send
     # Two transactional sends: each ambiguous push went again, under its collapse id.
