@@ -148,7 +148,7 @@ def disable_endpoints(runtime: LocalRuntime, endpoint_arns: Sequence[str]) -> No
 def reset_data(runtime: LocalRuntime) -> None:
     runtime.services.repository.run(
         "TRUNCATE schedule_runs, schedules, deliveries, notifications, topic_subscriptions,"
-        " removed_devices,"
+        " removed_devices, publish_claims,"
         " preferences, devices, users RESTART IDENTITY"
     )
     runtime.services.store.client.flushdb()

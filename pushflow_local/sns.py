@@ -433,6 +433,9 @@ class SnsServer:
         self.clock = clock
         self.published = 0  # Publishes SNS took (delivered, faults included)
         self.answered: dict[str, int] = {}  # error code -> how many such answers
+        # Message id -> the APNs collapse id its Publish carried (AWS.SNS.MOBILE.APNS.
+        # COLLAPSE_ID), for pushes that carried one: what an audit of duplicates reads.
+        self.apns_collapse_ids: dict[str, str] = {}
         self.faults: list[Fault] = []
         self._publishes = 0  # Publishes that reached the checks, numbered for faults
         self._rng = random.Random(seed)  # noqa: S311 - answer times, not secrets
@@ -679,8 +682,11 @@ class SnsServer:
             return self._error("Throttled", "Rate exceeded", request_id)
         message_id = str(uuid.uuid4())
         self.directory.deliver(endpoint_arn, message_id, message)
+        collapse_id = _message_attribute(form, APNS_COLLAPSE_ID)
         with self._lock:
             self.published += 1
+            if collapse_id is not None:
+                self.apns_collapse_ids[message_id] = collapse_id
         if fault is not None and fault.action == DELIVER_THEN_ERROR:
             return self._error(fault.code, f"injected {fault.code}", request_id)
         return 200, publish_body(message_id, request_id), fault
@@ -794,6 +800,17 @@ class SnsServer:
                     f"Invalid parameter: Message too long for {state.platform}"
                     f" ({MAX_PLATFORM_PAYLOAD_BYTES} bytes at most)",
                 )
+
+
+APNS_COLLAPSE_ID = "AWS.SNS.MOBILE.APNS.COLLAPSE_ID"
+
+
+def _message_attribute(form: Mapping[str, str], name: str) -> str | None:
+    """A String message attribute of a Publish form (MessageAttributes.entry.N.*)."""
+    for key, value in form.items():
+        if key.startswith("MessageAttributes.entry.") and key.endswith(".Name") and value == name:
+            return form.get(key.removesuffix(".Name") + ".Value.StringValue")
+    return None
 
 
 def _signature(request: Request, names: list[str], secret: str, amz_date: str, region: str) -> str:

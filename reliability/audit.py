@@ -7,10 +7,16 @@ A send is judged only by what a user of Pushflow could check afterwards:
 - no endpoint holds the send's message more than once (each extra copy is
   *duplicated*);
 - a `sent` row names the message SNS holds for that endpoint, and a device
-  whose row says it was not pushed got nothing (otherwise *misrecorded*); a
-  `failed` row that says "outcome unknown" is the documented at-most-once
-  doubt (an attempt stopped between handing pushes to SNS and settling them)
-  and is counted as *unknown* whichever way SNS went;
+  whose row says it was not pushed got nothing (otherwise *misrecorded*); an
+  `unknown` row is the declared at-most-once doubt (SNS's answer, or an attempt
+  that stopped while publishing, cannot say whether the push went) and is
+  counted as *unknown*, and as *unknown, undelivered* when SNS holds no copy
+  (the policy's price when a 5xx hid nothing; a scenario that injects no
+  ambiguous answer requires none, so a push that never left cannot hide there);
+- duplicates by policy: in at-most-once categories every extra copy is
+  *duplicated*; in at-least-once ones (transactional, security) an extra copy
+  is allowed only when every copy carries the send's collapse id (the device
+  shows it once), else it is *duplicated*;
 - the notification's counts equal its rows, per outcome.
 
 Messages are told apart by a tag in their body, unique per send.
@@ -18,12 +24,15 @@ Messages are told apart by a tag in their body, unique per send.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pushflow.domain.categories import CATEGORIES
 from pushflow.domain.models import Notification
+from pushflow.domain.sending import collapse_id_for
 from pushflow_local.runtime import ACCOUNT, REGION, LocalRuntime
 
 FINAL_OUTCOMES = frozenset(
@@ -36,11 +45,11 @@ FINAL_OUTCOMES = frozenset(
         "endpoint_disabled",
         "failed",
         "cancelled",
+        "unknown",
     }
 )
 # Outcomes after which SNS must hold nothing for the device.
-NOT_PUSHED = FINAL_OUTCOMES - {"sent", "failed"}
-OUTCOME_UNKNOWN = "outcome unknown"
+NOT_PUSHED = FINAL_OUTCOMES - {"sent", "failed", "unknown"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,10 @@ class SendAudit:
     duplicated: int = 0
     misrecorded: int = 0
     unknown: int = 0
+    # `unknown` rows whose device SNS never got a copy for.
+    unknown_undelivered: int = 0
+    # Extra copies that carried the send's collapse id (at-least-once categories).
+    collapsed: int = 0
     counts_match: bool = True
     outcomes: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -113,6 +126,7 @@ def audit_send(
     targeted: Mapping[int, TargetDevice],
     tag: str,
     planned_by_prepare: bool = False,
+    apns_collapse_ids: Mapping[str, str] | None = None,
 ) -> SendAudit:
     """Count one finished send. `targeted`: the devices it must reach, or with
     `planned_by_prepare`, the devices it may reach: devices disabled by other sends
@@ -135,12 +149,23 @@ def audit_send(
     }
     by_id = endpoint_messages(arns)
 
+    at_least_once = CATEGORIES[notification.category].at_least_once
+    collapse_id = collapse_id_for(notification.id)
     for device in targeted.values():
         copies = tagged.get(device.endpoint_arn, 0)
         audit.messages[device.device_id] = copies
         if copies > 1:
-            audit.duplicated += copies - 1
-            audit.note(f"device {device.device_id}: {copies} copies at its endpoint")
+            at_endpoint = by_id.get(device.endpoint_arn, {})
+            carried = [
+                _collapse_id(message_id, message, apns_collapse_ids or {})
+                for message_id, message in at_endpoint.items()
+                if tag in message
+            ]
+            if at_least_once and all(c == collapse_id for c in carried):
+                audit.collapsed += copies - 1
+            else:
+                audit.duplicated += copies - 1
+                audit.note(f"device {device.device_id}: {copies} copies at its endpoint")
         row = rows.get(device.device_id)
         if row is None and planned_by_prepare and not copies:
             continue  # not in this send's plan (disabled before its Prepare ran)
@@ -149,9 +174,14 @@ def audit_send(
             audit.note(f"device {device.device_id}: no final row ({row[0] if row else 'none'})")
             continue
         audit.recorded += 1
-        outcome, message_id, error = row
-        if outcome == "failed" and (error or "").startswith(OUTCOME_UNKNOWN):
+        outcome, message_id, _ = row
+        if outcome == "unknown":
             audit.unknown += 1
+            if not copies:
+                # The policy's price (a 5xx that hid nothing), or a push that never
+                # left and was recorded as if it might have: scenarios without an
+                # ambiguous answer require none.
+                audit.unknown_undelivered += 1
         elif outcome == "sent":
             held = by_id.get(device.endpoint_arn, {}).get(message_id or "")
             if held is None or tag not in held:
@@ -182,6 +212,17 @@ def audit_send(
     return audit
 
 
+def _collapse_id(message_id: str, message: str, apns_collapse_ids: Mapping[str, str]) -> str | None:
+    """The collapse id a delivered push carried: FCM's in its payload (collapse key,
+    and the notification tag agreeing), APNs' as the Publish's message attribute."""
+    parts = json.loads(message)
+    if "GCM" in parts:
+        android = json.loads(parts["GCM"])["fcmV1Message"]["message"].get("android", {})
+        key = android.get("collapse_key")
+        return key if android.get("notification", {}).get("tag") == key else None
+    return apns_collapse_ids.get(message_id)
+
+
 def user_deliveries(
     audits: Iterable[tuple[SendAudit, Mapping[int, TargetDevice]]],
 ) -> dict[int, set[str]]:
@@ -205,6 +246,8 @@ def describe(audit: SendAudit) -> dict[str, Any]:
         "duplicated": audit.duplicated,
         "misrecorded": audit.misrecorded,
         "unknown": audit.unknown,
+        "collapsed_duplicates": audit.collapsed,
+        "unknown_undelivered": audit.unknown_undelivered,
         "counts_match": audit.counts_match,
         "outcomes": audit.outcomes,
         "problems": audit.problems,

@@ -213,10 +213,14 @@ class RedisUnavailable(Fault):
     hits only while one of them runs, a point in the send's timeline.
     """
 
-    def __init__(self, trigger: Trigger, during: Sequence[str] = ()) -> None:
+    def __init__(
+        self, trigger: Trigger, during: Sequence[str] = (), read_only: bool = False
+    ) -> None:
         super().__init__(trigger)
         self.during = tuple(during)
-        self.name = "redis unavailable" + (f" (during {', '.join(self.during)})" if during else "")
+        self.read_only = read_only
+        what = "redis READONLY (a demoted primary)" if read_only else "redis unavailable"
+        self.name = what + (f" (during {', '.join(self.during)})" if during else "")
 
     def install(self, runtime: LocalRuntime, stack: contextlib.ExitStack) -> None:
         store = runtime.services.store
@@ -227,6 +231,10 @@ class RedisUnavailable(Fault):
 
         def refuse() -> None:
             if (not self.during or getattr(inside, "active", False)) and self.trigger.fire():
+                if self.read_only:
+                    raise redis.exceptions.ReadOnlyError(
+                        "You can't write against a read only replica."
+                    )
                 raise redis.exceptions.ConnectionError(
                     "Error 111 connecting to redis: Connection refused."
                 )
@@ -379,6 +387,10 @@ class SnsBursts(Fault):
     def injected(self) -> int:
         return sum(answer.fired for answer in self._answers)
 
+    def fired_for(self, *codes: str) -> int:
+        """How many Publishes were answered with one of `codes`."""
+        return sum(answer.fired for answer in self._answers if answer.code in codes)
+
     def _code_of(self, number: int) -> str | None:
         window, position = divmod(number, self.every)
         if window >= self.bursts or position >= self.burst_length:
@@ -512,6 +524,85 @@ class CrashWhilePublishing(Fault):
             return outcomes
 
         stack.enter_context(patched(publisher, "publish", publish))
+
+
+class SnsAcceptsThenFails(Fault):
+    """SNS delivers a push and then answers a 5xx or resets the connection (the
+    publisher cannot tell whether it went): the first `times` Publishes of the fault."""
+
+    def __init__(self, action: str, times: int) -> None:
+        super().__init__(Trigger())
+        self.action = action
+        self.times = times
+        self.name = f"sns accepts, then {action.removeprefix('deliver_then_')}"
+        self._answer: sns.Fault | None = None
+
+    @property
+    def injected(self) -> int:
+        return self._answer.fired if self._answer else 0
+
+    def install(self, runtime: LocalRuntime, stack: contextlib.ExitStack) -> None:
+        server = runtime.sns
+        assert server is not None, "the local runtime runs the SNS stand-in"
+        self._answer = sns.Fault(self.action, "InternalError", times=self.times)
+        stack.enter_context(server.faulty(self._answer))
+
+
+class RedisFlushed(Fault):
+    """Redis loses everything it holds (a failover to an empty replica, eviction of
+    every key) when one of the trigger's functions starts: caps, dedupe markers and
+    cached preferences of every send in flight are gone."""
+
+    name = "redis flushed (all data lost)"
+
+    def install(self, runtime: LocalRuntime, stack: contextlib.ExitStack) -> None:
+        client: Any = runtime.services.store.client
+        for logical_id in self.trigger.functions:
+            function = runtime.functions[logical_id]
+
+            def invoke(event: Any, _original: Any = function.invoke, _id: str = logical_id) -> Any:
+                with _running(_id, event):
+                    flush = self.trigger.fire()
+                if flush:
+                    client.flushall()
+                return _original(event)
+
+            stack.enter_context(patched(function, "invoke", invoke))
+
+
+class OutOfTime(Fault):
+    """PublishBatch's Timeout is cut to `seconds` (the sandbox stops it there, as
+    Lambda does) while SNS answers slowly, one push in flight: each attempt has
+    time for part of its page only."""
+
+    def __init__(self, function: str, seconds: float, sns_latency: float) -> None:
+        super().__init__(Trigger())
+        self.function = function
+        self.seconds = seconds
+        self.sns_latency = sns_latency
+        self.name = f"{function} Timeout {seconds:g}s, SNS answering in {sns_latency:g}s"
+        self.attempts = 0
+
+    @property
+    def injected(self) -> int:
+        return self.attempts
+
+    def install(self, runtime: LocalRuntime, stack: contextlib.ExitStack) -> None:
+        server = runtime.sns
+        assert server is not None
+        latency = sns.Latency(median=self.sns_latency, p99=self.sns_latency * 1.2)
+        stack.enter_context(patched(server, "latency", latency))
+        stack.enter_context(patched(runtime.services.publisher, "_concurrency", 1))
+        stack.enter_context(runtime.function_timeouts({self.function: self.seconds}))
+        function = runtime.functions[self.function]
+        original = function.invoke
+
+        def invoke(event: Any) -> Any:
+            with self.trigger._lock:
+                self.attempts += 1
+            return original(event)
+
+        stack.enter_context(patched(function, "invoke", invoke))
 
 
 # -- the runtime's knobs ----------------------------------------------------------------

@@ -21,9 +21,11 @@ COLUMNS = (
     "deliveries expected",
     "recorded",
     "duplicated",
+    "collapsed",
     "lost",
     "misrecorded",
     "outcome unknown",
+    "unfinished",
     "seconds",
     "result",
 )
@@ -58,9 +60,11 @@ def totals(results: Sequence[ScenarioResult]) -> dict[str, int]:
         "deliveries_expected": sum(r.expected for r in results),
         "recorded": sum(r.recorded for r in results),
         "duplicated": sum(r.duplicated for r in results),
+        "collapsed": sum(r.collapsed for r in results),
         "lost": sum(r.lost for r in results),
         "misrecorded": sum(r.misrecorded for r in results),
         "outcome_unknown": sum(r.unknown for r in results),
+        "unfinished": sum(r.unfinished for r in results),
     }
 
 
@@ -72,9 +76,11 @@ def _row(result: ScenarioResult) -> tuple[str, ...]:
         f"{result.expected:,}",
         f"{result.recorded:,}",
         f"{result.duplicated:,}",
+        f"{result.collapsed:,}",
         f"{result.lost:,}",
         f"{result.misrecorded:,}",
         f"{result.unknown:,}",
+        f"{result.unfinished:,}",
         f"{result.seconds:.1f}",
         "ok" if result.passed else "FAILED",
     )
@@ -91,9 +97,11 @@ def table(results: Sequence[ScenarioResult]) -> str:
             f"{total['deliveries_expected']:,}",
             f"{total['recorded']:,}",
             f"{total['duplicated']:,}",
+            f"{total['collapsed']:,}",
             f"{total['lost']:,}",
             f"{total['misrecorded']:,}",
             f"{total['outcome_unknown']:,}",
+            f"{total['unfinished']:,}",
             f"{sum(r.seconds for r in results):.1f}",
             "ok" if all(r.passed for r in results) else "FAILED",
         )

@@ -1,4 +1,4 @@
-"""PublishBatch: publish one page to SNS, each device at most once."""
+"""PublishBatch: publish one page to SNS, each device once (as its category's policy says)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from pushflow.domain import sending
 from pushflow.event_shapes import require, require_page
-from pushflow.handler import task
+from pushflow.handler import deadline, task
 from pushflow.services import Services
 
 
@@ -14,4 +14,12 @@ from pushflow.services import Services
 def lambda_handler(event: dict[str, Any], services: Services) -> dict[str, Any]:
     require(event, "PublishBatch", notification_id=str, recipients=list)
     require_page(event, "PublishBatch")
-    return sending.publish(event, services.repository, services.store, services.publisher)
+    return sending.publish(
+        event,
+        services.repository,
+        services.repository,
+        services.publisher,
+        deadline(),
+        markers=services.store,
+        now=services.clock.now(),
+    )

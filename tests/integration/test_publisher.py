@@ -13,7 +13,7 @@ import pytest
 from pushflow.adapters.sns_http import SnsHttpPublisher
 from pushflow.domain import sending
 from pushflow.domain.content import render
-from pushflow.domain.errors import ThrottledError, TransientDatabaseError, TransientStoreError
+from pushflow.domain.errors import ThrottledError, TransientDatabaseError
 from pushflow.domain.models import Notification, NotificationStatus, Outcome, PageRef
 from pushflow.domain.payloads import build_sns_message
 from pushflow.domain.publishing import PublishStatus, PushMessage
@@ -149,7 +149,6 @@ def test_a_throttled_page_records_what_went_out_and_the_retry_pushes_only_the_re
 ) -> None:
     # GIVEN a page of a send, and SNS throttling the first 4 publishes
     repository = clean_runtime.services.repository
-    store = clean_runtime.services.store
     notification, _, event = page_of(clean_runtime, devices)
     sns = stand_in(clean_runtime)
     publisher = publisher_of(clean_runtime, concurrency=4)
@@ -158,7 +157,7 @@ def test_a_throttled_page_records_what_went_out_and_the_retry_pushes_only_the_re
 
     # WHEN the page is published
     with sns.faulty(throttled_answers), pytest.raises(ThrottledError):
-        sending.publish(event, repository, store, publisher)
+        sending.publish(event, repository, repository, publisher)
     assert throttled_answers.fired == 4
 
     # THEN the pushes that went out are recorded before the retry is asked for
@@ -172,7 +171,7 @@ def test_a_throttled_page_records_what_went_out_and_the_retry_pushes_only_the_re
     assert all(recorded(d.endpoint_arn) == {} for d in throttled)
 
     # WHEN the ASL retries the same event
-    retried = sending.publish(event, repository, store, publisher)
+    retried = sending.publish(event, repository, repository, publisher)
     sending.record(retried, repository)
 
     # THEN every device has exactly one push, and one row carrying its message id
@@ -248,45 +247,41 @@ class FailingOnce:
         return self.original(*args)
 
 
-@pytest.mark.parametrize("failing", ["settle", "record_deliveries"])
 def test_what_the_early_write_could_not_write_is_written_with_the_rest(
     clean_runtime: LocalRuntime,
     devices: list[SeededDevice],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-    failing: str,
 ) -> None:
     # GIVEN a page of 12 pushes, 4 in flight, the last one answered only after the
     # early write (SNS holds it)
     repository = clean_runtime.services.repository
-    store = clean_runtime.services.store
     notification, page, event = page_of(clean_runtime, devices)
     release = threading.Event()
     held = Fault(HOLD, endpoints=frozenset({devices[-1].endpoint_arn}), release=release)
-    # ... and Redis or PostgreSQL failing once: in the early write
-    target = store if failing == "settle" else repository
-    error = TransientStoreError("gone") if failing == "settle" else TransientDatabaseError("gone")
-    wrapped = FailingOnce(target, failing, error, then=release)
-    monkeypatch.setattr(target, failing, wrapped)
+    # ... and PostgreSQL failing once: in the early write
+    error = TransientDatabaseError("gone")
+    wrapped = FailingOnce(repository, "record_deliveries", error, then=release)
+    monkeypatch.setattr(repository, "record_deliveries", wrapped)
 
     # WHEN the page is published
     publisher = publisher_of(clean_runtime, concurrency=4)
     try:
         with stand_in(clean_runtime).faulty(held):
-            answer = sending.publish(event, repository, store, publisher)
+            answer = sending.publish(event, repository, repository, publisher)
     finally:
         release.set()
         publisher.close()
 
     # THEN nothing is raised: the failed part went again with the rest, and every
-    # device has its row and its settled marker
+    # device has its row, with the message id SNS gave it
     assert len(wrapped.calls) == 2
     assert answer["recorded"] is True
     assert answer["outcomes"] == {"sent": len(devices)}
-    rows = repository.page_deliveries(notification.id, 0)
+    rows = repository.page_deliveries(notification.id, page.number)
     assert set(rows) == {d.device_id for d in devices}
-    markers = store.markers(notification.id, page.key())
-    assert {markers[d] for d in rows} == {rows[d].sns_message_id for d in rows}
+    by_id = {d.device_id: d for d in devices}
+    assert all(set(recorded(by_id[d].endpoint_arn)) == {rows[d].sns_message_id} for d in rows)
     assert all(len(recorded(d.endpoint_arn)) == 1 for d in devices)
     assert "early write of a page failed" in caplog.text
 
@@ -296,18 +291,17 @@ def test_a_page_is_written_in_two_parts_none_twice(
 ) -> None:
     # GIVEN a page whose last two pushes are answered only once rows were written
     repository = clean_runtime.services.repository
-    store = clean_runtime.services.store
     _, _, event = page_of(clean_runtime, devices)
     release = threading.Event()
     held = Fault(HOLD, endpoints=frozenset(d.endpoint_arn for d in devices[-2:]), release=release)
     written: list[list[int]] = []
     original = repository.record_deliveries
 
-    def record(notification_id: str, number: int, results: Any) -> int:
+    def record(notification_id: str, number: int, results: Any, released: Any = ()) -> int:
         results = list(results)
         written.append([r.device_id for r in results])
         release.set()
-        return int(original(notification_id, number, results))
+        return int(original(notification_id, number, results, released))
 
     monkeypatch.setattr(repository, "record_deliveries", record)
 
@@ -315,7 +309,7 @@ def test_a_page_is_written_in_two_parts_none_twice(
     publisher = publisher_of(clean_runtime, concurrency=4)
     try:
         with stand_in(clean_runtime).faulty(held):
-            sending.publish(event, repository, store, publisher)
+            sending.publish(event, repository, repository, publisher)
     finally:
         publisher.close()
 

@@ -284,3 +284,17 @@ def test_check_content_fits_checks_every_localization() -> None:
 def test_check_content_fits_refuses_reserved_data_keys_before_the_send() -> None:
     with pytest.raises(ContentError):
         check_content_fits({**MINIMAL, "data": {"aps": 1}})
+
+
+def test_content_that_fits_only_without_the_collapse_id_is_refused_before_sending() -> None:
+    # GIVEN content filling FCM's 4 KiB exactly when the push carries no collapse id
+    room = PAYLOAD_LIMIT_BYTES - payload_overhead("android")
+    content = {"title": "Hi", "body": "a" * room}
+    fits = build_sns_message(render(content, None, {}), "android", sandbox=False)
+    assert platform_bytes(fits) == PAYLOAD_LIMIT_BYTES
+
+    # WHEN it is checked before a send (a transactional push carries the send's
+    # collapse id as FCM's collapse key and notification tag)
+    # THEN it is refused: it would not fit for an at-least-once category
+    with pytest.raises(PayloadTooLarge):
+        check_content_fits(content)

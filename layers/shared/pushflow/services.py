@@ -71,7 +71,11 @@ class Services:
     def recipient_filter(self) -> RecipientFilter:
         from pushflow.adapters.recipient_filter import RecipientFilter
 
-        return RecipientFilter(self.store.client, self.repository.load_preferences)
+        return RecipientFilter(
+            self.store.client,
+            self.repository.load_preferences,
+            load_cap_history=self.repository.cap_history,
+        )
 
     @cached_property
     def publisher(self) -> Publisher:

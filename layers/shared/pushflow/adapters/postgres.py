@@ -39,12 +39,12 @@ from pushflow.domain.models import (
     ScheduleKind,
     User,
 )
-from pushflow.domain.ports import AttributeStats
+from pushflow.domain.ports import AttributeStats, PriorClaim
 from pushflow.domain.rules import DEFAULT_PREFERENCES, Preferences
 
 # The newest migration this code was written for (a test keeps it equal to the
 # newest file in migrations/). Deployed functions refuse an older schema.
-SCHEMA_VERSION = "0005_delivery_content"
+SCHEMA_VERSION = "0006_publish_claims"
 
 # SQLSTATE classes worth a retry: connection exceptions, operator intervention
 # (shutdown, admin terminate), insufficient resources, serialization/deadlock.
@@ -55,6 +55,17 @@ _TRANSIENT_SQLSTATE_PREFIXES = ("08", "57", "53", "40")
 _STALE_STATEMENT = {"0A000": "cached plan", "26000": "prepared statement"}
 # A page's COPY meeting rows already there (a retry): the upsert takes over.
 _UNIQUE_VIOLATION = "23505"
+
+
+# A device of a page that failed for good: `unknown` if an attempt claimed it
+# (its push may have gone), else `failed` (never pushed).
+def _failed_or_unknown(device_id: str) -> str:
+    return (
+        "CASE WHEN EXISTS (SELECT 1 FROM publish_claims c WHERE c.notification_id ="
+        f" CAST(:nid AS uuid) AND c.device_id = {device_id}) THEN 'unknown' ELSE 'failed' END"
+    )
+
+
 # Prepared statements kept per connection (least recently used go first).
 _MAX_STATEMENTS = 64
 # Sends whose unchanging part a process keeps (get_send).
@@ -820,16 +831,90 @@ class Repository:
 
     # -- results -----------------------------------------------------------
 
+    def claim_devices(
+        self,
+        notification_id: str,
+        page: int,
+        recipients: Sequence[tuple[int, int]],
+        claimed_at: datetime | None = None,
+    ) -> dict[int, PriorClaim | None]:
+        """Claim (device, user) pairs for publishing, durably, in one round trip.
+        `claimed_at`: the sender's clock, the one caps count by (the server's by default).
+
+        None where claimed now; else what an earlier attempt left: its row, or a
+        claim without one (it stopped while publishing: the push may have gone).
+        """
+        if not recipients:
+            return {}
+        rows = self.run(
+            "WITH incoming AS (SELECT * FROM unnest(CAST(:devices AS bigint[]),"
+            " CAST(:users AS bigint[])) AS t(device_id, user_id)),"
+            " claimed AS (INSERT INTO publish_claims (notification_id, device_id, user_id, page,"
+            " claimed_at) SELECT CAST(:nid AS uuid), device_id, user_id, :page,"
+            " COALESCE(CAST(:claimed_at AS timestamptz), now()) FROM incoming"
+            " ON CONFLICT (notification_id, device_id) DO NOTHING RETURNING device_id)"
+            " SELECT i.device_id, c.device_id IS NOT NULL, d.outcome, d.sns_message_id, d.error"
+            " FROM incoming i LEFT JOIN claimed c ON c.device_id = i.device_id"
+            " LEFT JOIN deliveries d ON d.notification_id = CAST(:nid AS uuid)"
+            " AND d.device_id = i.device_id AND d.outcome <> 'deferred'",
+            nid=notification_id,
+            page=int(page),
+            devices=[device for device, _ in recipients],
+            users=[user for _, user in recipients],
+            claimed_at=claimed_at,
+        )
+        users = dict(recipients)
+        claims: dict[int, PriorClaim | None] = {}
+        for device_id, claimed_now, outcome, message_id, error in rows:
+            if claimed_now:
+                claims[device_id] = None
+            elif outcome is None:
+                claims[device_id] = PriorClaim(None)
+            else:
+                claims[device_id] = PriorClaim(
+                    DeliveryResult(device_id, users[device_id], Outcome(outcome), message_id, error)
+                )
+        return claims
+
+    def cap_history(
+        self, user_ids: Sequence[int], category: str, since: datetime
+    ) -> dict[int, list[tuple[str, datetime]]]:
+        """Per user, the sends of a category claimed for them since `since` (each
+        with its first claim's time): what a lost cap counter is rebuilt from."""
+        if not user_ids:
+            return {}
+        rows = self.run(
+            "SELECT c.user_id, CAST(c.notification_id AS text), min(c.claimed_at)"
+            " FROM publish_claims c JOIN notifications n ON n.id = c.notification_id"
+            " WHERE c.user_id = ANY(CAST(:users AS bigint[])) AND c.claimed_at > :since"
+            " AND n.category = :category GROUP BY c.user_id, c.notification_id",
+            users=list(user_ids),
+            since=since,
+            category=category,
+        )
+        history: dict[int, list[tuple[str, datetime]]] = {}
+        for user_id, notification_id, first_claimed in rows:
+            history.setdefault(int(user_id), []).append((notification_id, first_claimed))
+        return history
+
     def record_deliveries(
-        self, notification_id: str, page: int, results: Iterable[DeliveryResult]
+        self,
+        notification_id: str,
+        page: int,
+        results: Iterable[DeliveryResult],
+        released: Sequence[int] = (),
     ) -> int:
         """Write a page's rows in bulk; rows already there are kept (a retry adds nothing).
 
-        Devices whose endpoint SNS reported disabled are disabled in the same transaction.
-        Returns the number of rows written.
+        Devices whose endpoint SNS reported disabled are disabled in the same transaction,
+        and the claims of `released` devices (whose push did not leave) are dropped in it,
+        so the page's retry claims and pushes them again. Returns the rows written.
         """
         results = list(results)
         if not results:
+            if released:
+                with self.transaction() as conn:
+                    self._release_claims(conn, notification_id, released)
             return 0
         disabled = [r.device_id for r in results if r.outcome is Outcome.ENDPOINT_DISABLED]
         # First writes of a page (the usual case) go straight into deliveries in
@@ -844,6 +929,7 @@ class Repository:
                     _delivery_lines(results, prefix),
                 )
                 self._disable_endpoints(conn, disabled)
+                self._release_claims(conn, notification_id, released)
             return len(results)
         except DatabaseError as error:
             if _sqlstate(error) != _UNIQUE_VIOLATION:
@@ -873,7 +959,18 @@ class Repository:
             )
             inserted = int(conn.row_count)
             self._disable_endpoints(conn, disabled)
+            self._release_claims(conn, notification_id, released)
         return inserted
+
+    @staticmethod
+    def _release_claims(conn: Connection, notification_id: str, device_ids: Sequence[int]) -> None:
+        if device_ids:
+            conn.run(
+                "DELETE FROM publish_claims WHERE notification_id = CAST(:nid AS uuid)"
+                " AND device_id = ANY(CAST(:ids AS bigint[]))",
+                nid=notification_id,
+                ids=list(device_ids),
+            )
 
     @staticmethod
     def _disable_endpoints(conn: Connection, device_ids: Sequence[int]) -> None:
@@ -892,7 +989,9 @@ class Repository:
         if page.due is not None:
             with self._session() as conn:
                 conn.run(
-                    "UPDATE deliveries SET outcome = 'failed', error = :error, recorded_at = now()"
+                    f"UPDATE deliveries SET outcome = {_failed_or_unknown('deliveries.device_id')},"
+                    " error = :error,"
+                    " recorded_at = now()"
                     " WHERE notification_id = CAST(:nid AS uuid) AND outcome = 'deferred'"
                     " AND deferred_until <= to_timestamp(:due)"
                     " AND device_id BETWEEN :first AND :last",
@@ -907,7 +1006,8 @@ class Repository:
         with self._session() as conn:
             conn.run(
                 "INSERT INTO deliveries (notification_id, device_id, user_id, page, outcome,"
-                " error) SELECT CAST(:nid AS uuid), d.id, d.user_id, :page, 'failed', :error"
+                " error) SELECT CAST(:nid AS uuid), d.id, d.user_id, :page,"
+                f" {_failed_or_unknown('d.id')}, :error"
                 " FROM devices d JOIN users u ON u.id = d.user_id"
                 f" WHERE d.id BETWEEN :first AND :last AND {audience.reachable}"
                 f" AND {audience.where}"

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from redis.cluster import RedisCluster
@@ -37,6 +37,9 @@ from pushflow.domain.ports import FilterDecision
 from pushflow.domain.rules import DEFAULT_PREFERENCES, Preferences, SendRules, UserRules
 
 QuietHoursMode = Literal["suppress", "defer"]
+# (users, category, since) -> per user, the (notification id, when) of that category's
+# sends claimed for them since then: PostgreSQL's record, which a cap is rebuilt from.
+CapHistory = Callable[[Sequence[int], str, datetime], Mapping[int, Sequence[tuple[str, datetime]]]]
 CAP_WINDOW_MS = 24 * 3600 * 1000
 # A cap set outlives its newest member by the window (plus slack for clock skew).
 CAP_TTL_MS = CAP_WINDOW_MS + 3600 * 1000
@@ -52,7 +55,8 @@ _ELIGIBLE, _DUPLICATE, _CAPPED = 0, 1, 2
 
 # KEYS: per user, its seen hash and its cap set (2 keys per user, one slot per user).
 # ARGV: notification id, page, now (ms), cap window (ms), seen TTL (s), cap TTL (ms),
-#       then per user: daily cap (-1: uncapped), device count, device ids.
+#       then per user: daily cap (-1: uncapped), device count, device ids, then the
+#       number of history entries to seed the cap set with and their (notification, ms).
 # Returns one code per device: 0 eligible, 1 duplicate, 2 capped.
 _DECIDE = """
 local notification, page = ARGV[1], ARGV[2]
@@ -82,6 +86,16 @@ for u = 1, #KEYS / 2 do
   if marked then
     redis.call('EXPIRE', seen_key, seen_ttl)
   end
+  -- The user's history from PostgreSQL when the counter was missing (lost with
+  -- Redis's data, or never counted): idempotent, members are notification ids.
+  local seeds_at = a + 2 + count
+  local seeds = tonumber(ARGV[seeds_at])
+  for s = 0, seeds - 1 do
+    redis.call('ZADD', cap_key, 'NX', ARGV[seeds_at + 2 + 2 * s], ARGV[seeds_at + 1 + 2 * s])
+  end
+  if seeds > 0 then
+    redis.call('PEXPIRE', cap_key, cap_ttl)
+  end
   if cap >= 0 and passing > 0 then
     -- Counted already (a retried page, another page of this send): passes.
     if redis.call('ZADD', cap_key, 'NX', now, notification) == 1 then
@@ -104,7 +118,7 @@ for u = 1, #KEYS / 2 do
       end
     end
   end
-  a = a + 2 + count
+  a = seeds_at + 1 + 2 * seeds
 end
 return out
 """
@@ -136,9 +150,11 @@ class RecipientFilter:
         client: RedisClient,
         load_preferences: Callable[[Sequence[int]], Mapping[int, Preferences]],
         preferences_ttl_seconds: int = 3600,
+        load_cap_history: CapHistory | None = None,
     ) -> None:
         self._redis = client
         self._load_preferences = load_preferences
+        self._load_cap_history = load_cap_history
         self._preferences_ttl = preferences_ttl_seconds
         # Hashes the script once; the server learns it on first use (EVAL on NOSCRIPT).
         self._decide = client.register_script(_DECIDE)
@@ -273,6 +289,7 @@ class RecipientFilter:
         if not pending:
             return {}
         now_ms = int(now.timestamp() * 1000)
+        seeds = self._lost_caps([u for u in pending if caps[u] is not None], category, now)
 
         def call(user_ids: Sequence[int]) -> tuple[list[str], list[Any]]:
             keys: list[str] = []
@@ -289,6 +306,10 @@ class RecipientFilter:
                 cap = caps[user_id]
                 args += (-1 if cap is None else cap, len(pending[user_id]))
                 args += [recipient.device_id for _, recipient in pending[user_id]]
+                history = seeds.get(user_id, ())
+                args.append(len(history))
+                for seed_id, seed_ms in history:
+                    args += (seed_id, seed_ms)
             return keys, args
 
         if isinstance(self._redis, RedisCluster):
@@ -309,6 +330,32 @@ class RecipientFilter:
                 codes[user_id] = flat[start : start + count]
                 start += count
         return codes
+
+    def _lost_caps(
+        self, user_ids: Sequence[int], category: str, now: datetime
+    ) -> dict[int, list[tuple[str, int]]]:
+        """The history of every user of the page whose cap set is missing, from
+        PostgreSQL in one query: Redis may have lost it (a failover to a lagging
+        replica, eviction), and a cap must hold all the same. A set that is missing
+        because the user got nothing of the category for a day costs the same query
+        and finds nothing. One pipelined EXISTS per page tells which are missing."""
+        if self._load_cap_history is None or not user_ids:
+            return {}
+        with store_errors():
+            pipe = self._redis.pipeline(transaction=False)
+            for user_id in user_ids:
+                pipe.exists(cap_key(user_id, category))
+            present = pipe.execute()
+        missing = [u for u, found in zip(user_ids, present, strict=True) if not found]
+        if not missing:
+            return {}
+        since = now - timedelta(milliseconds=CAP_WINDOW_MS)
+        history = self._load_cap_history(missing, category, since)
+        return {
+            user_id: [(nid, int(at.timestamp() * 1000)) for nid, at in entries]
+            for user_id, entries in history.items()
+            if entries
+        }
 
     def _run(self, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
         """One script call; a server that does not know the script yet gets its text."""

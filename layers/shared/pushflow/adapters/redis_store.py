@@ -63,8 +63,14 @@ end
 for first = last_pair + 1, #ARGV, 1000 do
   redis.call('HDEL', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('EXPIRE', KEYS[1], __TTL__)
+end
 return 1
 """
+
+
+_SETTLE = _SETTLE.replace("__TTL__", str(DEDUPE_TTL_SECONDS))
 
 
 def page_key(notification_id: str, page: str) -> str:

@@ -22,6 +22,13 @@ class Category:
     # Users may opt out of it (everything but security/transactional).
     can_opt_out: bool = True
 
+    @property
+    def at_least_once(self) -> bool:
+        """When SNS's answer cannot say whether a push went: pushed again (a missing
+        login code costs more than one shown twice; the push carries a collapse id),
+        or, for every other category, never pushed again and recorded `unknown`."""
+        return self.transactional
+
 
 CATEGORIES: dict[str, Category] = {
     c.name: c

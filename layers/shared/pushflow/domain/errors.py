@@ -67,6 +67,11 @@ class ThrottledError(TransientError):
     """SNS throttled part of a page; what went out is recorded, the rest is retried."""
 
 
+class OutOfTimeError(TransientError):
+    """PublishBatch stopped taking pushes before Lambda's timeout: what went is
+    recorded, the rest released; the ASL retries the page."""
+
+
 class PublishError(TransientError):
     """SNS failed in a way that is worth retrying (5xx, connection reset)."""
 

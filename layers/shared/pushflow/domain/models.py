@@ -30,6 +30,10 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"
     # The device (or its user) was deleted after the send planned it.
     REMOVED = "removed"
+    # SNS's answer could not say whether the push went (a 5xx, a timeout or a reset
+    # after the request was written, or an attempt that stopped while publishing),
+    # and the category is pushed at most once: never pushed again.
+    UNKNOWN = "unknown"
 
 
 # Outcome(value) as a dict lookup: RecordResults parses one per row.

@@ -103,7 +103,7 @@ def _fcm_data(data: Mapping[str, Any]) -> dict[str, str]:
     return fcm_data
 
 
-def _fcm_payload(rendered: RenderedContent) -> dict[str, Any]:
+def _fcm_payload(rendered: RenderedContent, collapse_id: str | None) -> dict[str, Any]:
     options = rendered.options
     notification: dict[str, str] = {"title": rendered.title, "body": rendered.body}
     if options.image_url is not None:
@@ -111,14 +111,14 @@ def _fcm_payload(rendered: RenderedContent) -> dict[str, Any]:
     android: dict[str, Any] = {"priority": "HIGH" if options.priority == "high" else "NORMAL"}
     if options.ttl_seconds is not None:
         android["ttl"] = f"{options.ttl_seconds}s"  # a protobuf Duration in JSON
-    if options.collapse_id is not None:
-        android["collapse_key"] = options.collapse_id
+    if collapse_id is not None:
+        android["collapse_key"] = collapse_id
     android_notification: dict[str, Any] = {}
     if options.sound is not None:
         android_notification["sound"] = options.sound
-    if options.collapse_id is not None:
+    if collapse_id is not None:
         # The tag replaces a shown notification with the same tag, like apns-collapse-id.
-        android_notification["tag"] = options.collapse_id
+        android_notification["tag"] = collapse_id
     if options.badge is not None:
         android_notification["notification_count"] = options.badge
     if android_notification:
@@ -130,9 +130,19 @@ def _fcm_payload(rendered: RenderedContent) -> dict[str, Any]:
     return {"fcmV1Message": {"message": message}}
 
 
-def build_sns_message(rendered: RenderedContent, platform: Platform, sandbox: bool) -> SnsMessage:
-    """The SNS message for one recipient; PayloadTooLarge if APNs/FCM would refuse it."""
+def build_sns_message(
+    rendered: RenderedContent,
+    platform: Platform,
+    sandbox: bool,
+    default_collapse_id: str | None = None,
+) -> SnsMessage:
+    """The SNS message for one recipient; PayloadTooLarge if APNs/FCM would refuse it.
+
+    `default_collapse_id` collapses a push the content names no collapse id for:
+    a device that gets it twice (an at-least-once category) shows it once.
+    """
     options = rendered.options
+    collapse_id = options.collapse_id or default_collapse_id
     attributes: dict[str, dict[str, str]]
     if platform == "ios":
         key = "APNS_SANDBOX" if sandbox else "APNS"
@@ -144,11 +154,11 @@ def build_sns_message(rendered: RenderedContent, platform: Platform, sandbox: bo
         if options.ttl_seconds is not None:
             ttl_name = _APNS_SANDBOX_TTL if sandbox else _APNS_TTL
             attributes[ttl_name] = _string_attribute(str(options.ttl_seconds))
-        if options.collapse_id is not None:
-            attributes[_APNS_COLLAPSE_ID] = _string_attribute(options.collapse_id)
+        if collapse_id is not None:
+            attributes[_APNS_COLLAPSE_ID] = _string_attribute(collapse_id)
     elif platform == "android":
         key = "GCM"
-        payload = _checked_size(_compact(_fcm_payload(rendered)), "FCM")
+        payload = _checked_size(_compact(_fcm_payload(rendered, collapse_id)), "FCM")
         attributes = {}
         if options.ttl_seconds is not None:
             attributes[_FCM_TTL] = _string_attribute(str(options.ttl_seconds))
@@ -165,6 +175,8 @@ def build_sns_message(rendered: RenderedContent, platform: Platform, sandbox: bo
 # fits for every real audience, and the per-recipient build still enforces the
 # exact limit, so such an outlier fails alone instead of the whole send.
 _WORST_CASE_VALUE = "é" * MAX_ATTRIBUTE_CHARS
+# As long as `sending.collapse_id_for` makes them: "pf-" and a notification's uuid.
+_LONGEST_COLLAPSE_ID = "pf-" + "0" * 36
 
 
 def check_content_fits(content: Mapping[str, Any]) -> None:
@@ -175,5 +187,8 @@ def check_content_fits(content: Mapping[str, Any]) -> None:
     # rendering each of those covers every recipient.
     for locale in (None, *compiled.locale_keys):
         rendered = compiled.render(locale, worst_case)
-        build_sns_message(rendered, "ios", sandbox=False)
-        build_sns_message(rendered, "android", sandbox=False)
+        # With the collapse id every at-least-once push carries (the longest there is).
+        build_sns_message(rendered, "ios", sandbox=False, default_collapse_id=_LONGEST_COLLAPSE_ID)
+        build_sns_message(
+            rendered, "android", sandbox=False, default_collapse_id=_LONGEST_COLLAPSE_ID
+        )

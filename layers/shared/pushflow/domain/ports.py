@@ -45,6 +45,14 @@ class FilterDecision:
             raise ValueError("one position per eligible recipient")
 
 
+@dataclass(frozen=True, slots=True)
+class PriorClaim:
+    """What an earlier attempt of a page left for a device it claimed: its row, or
+    None when it stopped between the claim and the row (the push may have gone)."""
+
+    result: DeliveryResult | None
+
+
 class NotificationRepository(Protocol):
     def create_notification(
         self,
@@ -101,7 +109,11 @@ class NotificationRepository(Protocol):
     ) -> tuple[list[tuple[PageRef, int]], datetime | None]: ...
 
     def record_deliveries(
-        self, notification_id: str, page: int, results: Iterable[DeliveryResult]
+        self,
+        notification_id: str,
+        page: int,
+        results: Iterable[DeliveryResult],
+        released: Sequence[int] = (),
     ) -> int: ...
 
     def record_page_failure(
@@ -140,10 +152,30 @@ class WorkflowStarter(Protocol):
     def start(self, execution_name: str, notification_id: str) -> str: ...
 
 
+class PublishClaims(Protocol):
+    """The durable record of which devices a send pushed to (PostgreSQL)."""
+
+    def claim_devices(
+        self,
+        notification_id: str,
+        page: int,
+        recipients: Sequence[tuple[int, int]],
+        claimed_at: datetime | None = None,
+    ) -> dict[int, PriorClaim | None]:
+        """Claim (device, user) pairs: None where claimed now, else what was there."""
+        ...
+
+    def record_deliveries(
+        self,
+        notification_id: str,
+        page: int,
+        results: Iterable[DeliveryResult],
+        released: Sequence[int] = (),
+    ) -> int: ...
+
+
 class PublishMarkers(Protocol):
-    def claim(
-        self, notification_id: str, page: str, device_ids: Sequence[int]
-    ) -> dict[int, str | None]: ...
+    """Redis, where an attempt keeps its results when PostgreSQL refused its rows."""
 
     def settle(
         self,
@@ -152,3 +184,5 @@ class PublishMarkers(Protocol):
         sent: Mapping[int, str],
         released: Sequence[int] = (),
     ) -> None: ...
+
+    def markers(self, notification_id: str, page: str) -> dict[int, str]: ...

@@ -7,12 +7,12 @@ to Lambda; the rules live here.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pushflow.deadline import NO_DEADLINE, Deadline
 from pushflow.domain.categories import category as lookup_category
 from pushflow.domain.content import (
     CompiledContent,
@@ -23,8 +23,10 @@ from pushflow.domain.content import (
     validate_content,
 )
 from pushflow.domain.errors import (
+    OutOfTimeError,
     PublishRejectedError,
     ThrottledError,
+    TransientDatabaseError,
     TransientStoreError,
     UnfillablePlaceholder,
 )
@@ -42,6 +44,8 @@ from pushflow.domain.payloads import build_sns_message, check_content_fits
 from pushflow.domain.ports import (
     NotificationRepository,
     PagePlans,
+    PriorClaim,
+    PublishClaims,
     PublishMarkers,
     RecipientRules,
     WorkflowStarter,
@@ -50,11 +54,6 @@ from pushflow.domain.publishing import Publisher, PublishOutcome, PublishStatus,
 
 # Standard logging: under the Powertools logger ("pushflow") in the functions.
 _log = logging.getLogger(__name__)
-
-# What a publish marker says an earlier attempt of the same page left behind.
-PENDING = "pending"
-_FAILED_PREFIX = "failed:"
-_DISABLED_PREFIX = "disabled:"
 
 
 def execution_name(notification_id: str) -> str:
@@ -301,47 +300,21 @@ def _iso(moment: datetime) -> str:
 
 # -- PublishBatch ---------------------------------------------------------------
 
+# PublishBatch takes no new push once less than this is left of its invocation: a
+# push taken now may wait the publisher's read timeout (10 s) for its answer, and
+# the page's rows then take a COPY to write. What was not pushed is released and
+# the page retried (`OutOfTimeError`), instead of Lambda stopping the function
+# with pushes that never left recorded as if they might have. (Half the
+# invocation's time instead, for a function whose Timeout is under twice this.)
+STOP_MARGIN_SECONDS = 12.0
 
-def _from_marker(recipient: Recipient, marker: str) -> DeliveryResult:
-    """The result an earlier attempt of this page already reached for a device."""
-    if marker == PENDING:
-        # The earlier attempt stopped between claiming and settling: SNS may
-        # have delivered. At most once: never push again, record the doubt.
-        return DeliveryResult(
-            recipient.device_id,
-            recipient.user_id,
-            Outcome.FAILED,
-            error="outcome unknown: an earlier attempt stopped while publishing",
-        )
-    if marker.startswith(_DISABLED_PREFIX):
-        return DeliveryResult(
-            recipient.device_id,
-            recipient.user_id,
-            Outcome.ENDPOINT_DISABLED,
-            error=marker.removeprefix(_DISABLED_PREFIX),
-        )
-    if marker.startswith(_FAILED_PREFIX):
-        return DeliveryResult(
-            recipient.device_id,
-            recipient.user_id,
-            Outcome.FAILED,
-            error=marker.removeprefix(_FAILED_PREFIX),
-        )
-    return DeliveryResult(recipient.device_id, recipient.user_id, Outcome.SENT, marker)
-
-
-def _marker_for(result: DeliveryResult) -> str:
-    """What a settled device's marker says, for `_from_marker` to read back."""
-    if result.outcome is Outcome.SENT:
-        assert result.sns_message_id, "SNS answers a sent push with its message id"
-        return result.sns_message_id
-    prefix = _DISABLED_PREFIX if result.outcome is Outcome.ENDPOINT_DISABLED else _FAILED_PREFIX
-    return f"{prefix}{result.error}"
-
+_STOPPED_WHILE_PUBLISHING = "outcome unknown: an earlier attempt stopped while publishing"
+# What an attempt that could not write its rows keeps in Redis for its retry.
+_KEPT_IN_REDIS = frozenset({Outcome.SENT, Outcome.ENDPOINT_DISABLED, Outcome.FAILED})
 
 # What each final answer from SNS becomes. The others release the device for the
-# page's retry: THROTTLED and RETRYABLE (not sent), UNKNOWN (may have gone; issue
-# 15 decides per category whether to send again), REJECTED (the send cannot work).
+# page's retry: THROTTLED and RETRYABLE (not sent), REJECTED (the send cannot
+# work); UNKNOWN (may have gone) goes by the category's policy (`_PageWrites.take`).
 _OUTCOME_OF = {
     PublishStatus.SENT: Outcome.SENT,
     PublishStatus.ENDPOINT_DISABLED: Outcome.ENDPOINT_DISABLED,
@@ -349,17 +322,55 @@ _OUTCOME_OF = {
 }
 
 
-def push_for(content: CompiledContent, recipient: Recipient) -> PushMessage:
+_FAILED_PREFIX = "failed:"
+_DISABLED_PREFIX = "disabled:"
+
+
+def _marker_for(result: DeliveryResult) -> str:
+    """How a result is kept in Redis when its row could not be written."""
+    if result.outcome is Outcome.SENT:
+        return result.sns_message_id or ""
+    prefix = _DISABLED_PREFIX if result.outcome is Outcome.ENDPOINT_DISABLED else _FAILED_PREFIX
+    return f"{prefix}{result.error}"
+
+
+def _from_marker(device_id: int, user_id: int, marker: str) -> DeliveryResult | None:
+    """The result a marker kept; None for one that says nothing (or a legacy claim)."""
+    if not marker or marker == "pending":
+        return None
+    if marker.startswith(_DISABLED_PREFIX):
+        error = marker.removeprefix(_DISABLED_PREFIX)
+        return DeliveryResult(device_id, user_id, Outcome.ENDPOINT_DISABLED, error=error)
+    if marker.startswith(_FAILED_PREFIX):
+        error = marker.removeprefix(_FAILED_PREFIX)
+        return DeliveryResult(device_id, user_id, Outcome.FAILED, error=error)
+    return DeliveryResult(device_id, user_id, Outcome.SENT, marker)
+
+
+def collapse_id_for(notification_id: str) -> str:
+    """The collapse id of a send's pushes (APNs' apns-collapse-id, FCM's collapse key
+    and tag): a device that gets the push twice shows it once. 39 of APNs' 64 bytes."""
+    return f"pf-{notification_id}"
+
+
+def push_for(
+    content: CompiledContent, recipient: Recipient, collapse_id: str | None = None
+) -> PushMessage:
     """The push one recipient gets: the content in their language with their
     attributes, as their platform's SNS message. Raises ContentError."""
-    return _rendered_push(content, recipient)[0]
+    return _rendered_push(content, recipient, collapse_id)[0]
 
 
 def _rendered_push(
-    content: CompiledContent, recipient: Recipient
+    content: CompiledContent, recipient: Recipient, collapse_id: str | None = None
 ) -> tuple[PushMessage, RenderedContent]:
     rendered = content.render(recipient.locale, recipient.attributes)
-    message = build_sns_message(rendered, recipient.platform, recipient.sandbox)  # type: ignore[arg-type]
+    message = build_sns_message(
+        rendered,
+        recipient.platform,  # type: ignore[arg-type]
+        recipient.sandbox,
+        default_collapse_id=collapse_id,
+    )
     push = PushMessage(
         recipient.device_id, recipient.endpoint_arn, message.message, message.message_attributes
     )
@@ -367,28 +378,34 @@ def _rendered_push(
 
 
 class _PageWrites:
-    """What PublishBatch learns of a page and writes: each device's result, the
-    markers to settle in Redis and the rows to record in PostgreSQL.
+    """What PublishBatch learns of a page and writes: each device's result, and the
+    devices whose push did not leave (their durable claims are released in the same
+    transaction as the rows, so the page's retry pushes them).
 
     Writes go in up to two parts: what is known once the last push is out,
     while its answer is awaited (`write_early`), and the rest (`write_rest`).
-    Devices are distinct on a page, so no row or marker is written twice.
+    Devices are distinct on a page, so no row is written twice.
     """
 
     def __init__(
         self,
         notification_id: str,
         page: PageRef,
-        repository: NotificationRepository,
-        markers: PublishMarkers,
+        claims: PublishClaims,
         results: list[DeliveryResult],
+        at_least_once: bool,
+        deadline: Deadline,
+        stop_margin: float,
     ) -> None:
         self.notification_id = notification_id
         self.page = page
-        self.repository = repository
-        self.markers = markers
+        self.claims = claims
         self.results = results
-        self.settled: dict[int, str] = {}
+        self.at_least_once = at_least_once
+        self.deadline = deadline
+        self.stop_margin = stop_margin
+        self.collapse_id = collapse_id_for(notification_id) if at_least_once else None
+        self.settled = 0
         self.released: list[int] = []
         # Released devices by why: kept apart so a push that may have gone is never
         # counted as one that did not.
@@ -396,19 +413,20 @@ class _PageWrites:
         self.rejected_codes: set[str] = set()
         # Device id -> why SNS's answer cannot say whether its push went out.
         self.maybe_gone: dict[int, str] = {}
+        # Devices never pushed because the invocation's time ran short.
+        self.out_of_time: list[int] = []
         # Pushed and not answered yet: the recipient behind each push.
         self.awaited: dict[int, Recipient] = {}
         # What each pushed device was shown: (localization key or `default`, title).
         self.shown: dict[int, tuple[str, str]] = {}
-        # How much of `results`, `settled` and `released` is written already.
+        # How much of `results` and `released` is written already.
         self._recorded = 0
-        self._settled = 0
         self._released = 0
 
     def pushes(
         self,
         recipients: Sequence[Mapping[str, Any]],
-        claims: Mapping[int, str | None],
+        claims: Mapping[int, PriorClaim | None],
         content: CompiledContent,
     ) -> Iterator[PushMessage]:
         """The page's pushes, built as the publisher takes them: past the first
@@ -417,10 +435,22 @@ class _PageWrites:
             recipient = Recipient.from_dict(raw)
             earlier = claims[recipient.device_id]
             if earlier is not None:
-                self.results.append(_from_marker(recipient, earlier))
+                if earlier.result is not None:
+                    # Recorded by an earlier attempt: its row stays as it is.
+                    self.results.append(earlier.result)
+                    continue
+                if not self.at_least_once:
+                    # An earlier attempt stopped between claim and row: it may have
+                    # pushed. At most once: never again, and say so.
+                    self._settle_as(recipient, Outcome.UNKNOWN, error=_STOPPED_WHILE_PUBLISHING)
+                    continue
+                # At least once: pushed again, with the send's collapse id.
+            if self.out_of_time or self.deadline.seconds_left() < self.stop_margin:
+                self.out_of_time.append(recipient.device_id)
+                self._release(recipient.device_id, None)
                 continue
             try:
-                push, rendered = _rendered_push(content, recipient)
+                push, rendered = _rendered_push(content, recipient, self.collapse_id)
             except ContentError as error:
                 self._settle_as(recipient, Outcome.FAILED, error=error.message)
                 continue
@@ -434,16 +464,27 @@ class _PageWrites:
             recipient = self.awaited.pop(outcome.device_id, None)
             if recipient is None:
                 continue
+            if outcome.status is PublishStatus.UNKNOWN:
+                self.maybe_gone[recipient.device_id] = outcome.error or "unknown"
+                if not self.at_least_once:
+                    self._settle_as(
+                        recipient,
+                        Outcome.UNKNOWN,
+                        error=f"outcome unknown: {outcome.error or 'no answer'}",
+                    )
+                    continue
             final = _OUTCOME_OF.get(outcome.status)
             if final is None:
-                self.released.append(recipient.device_id)
-                self.released_as[outcome.status] = self.released_as.get(outcome.status, 0) + 1
+                self._release(recipient.device_id, outcome.status)
                 if outcome.status is PublishStatus.REJECTED:
                     self.rejected_codes.add(outcome.error or "rejected")
-                if outcome.status is PublishStatus.UNKNOWN:
-                    self.maybe_gone[recipient.device_id] = outcome.error or "unknown"
             else:
                 self._settle_as(recipient, final, outcome.message_id, outcome.error)
+
+    def _release(self, device_id: int, status: PublishStatus | None) -> None:
+        self.released.append(device_id)
+        if status is not None:
+            self.released_as[status] = self.released_as.get(status, 0) + 1
 
     def _settle_as(
         self,
@@ -452,72 +493,85 @@ class _PageWrites:
         message_id: str | None = None,
         error: str | None = None,
     ) -> None:
+        self.settled += 1
         content_locale, title = self.shown.get(recipient.device_id, (None, None))
-        result = DeliveryResult(
-            recipient.device_id,
-            recipient.user_id,
-            outcome,
-            message_id,
-            error,
-            content_locale=content_locale,
-            title=title,
+        self.results.append(
+            DeliveryResult(
+                recipient.device_id,
+                recipient.user_id,
+                outcome,
+                message_id,
+                error,
+                content_locale=content_locale,
+                title=title,
+            )
         )
-        self.settled[recipient.device_id] = _marker_for(result)
-        self.results.append(result)
 
-    def _settle(self) -> None:
-        settled = dict(itertools.islice(self.settled.items(), self._settled, None))
+    def _write(self) -> None:
+        """The rows not written yet, and the released claims, in one transaction."""
+        results = self.results[self._recorded :]
         released = self.released[self._released :]
-        if settled or released:
-            self.markers.settle(self.notification_id, self.page.key(), settled, released)
-        self._settled += len(settled)
+        self.claims.record_deliveries(self.notification_id, self.page.number, results, released)
+        self._recorded += len(results)
         self._released += len(released)
 
-    def _record(self) -> None:
-        results = self.results[self._recorded :]
-        self.repository.record_deliveries(self.notification_id, self.page.number, results)
-        self._recorded += len(results)
-
     def write_early(self, outcomes: list[PublishOutcome]) -> None:
-        """Settle and record what came so far while the last pushes are in flight.
-        Nothing is raised: whatever fails here is written again by `write_rest`,
-        where its error is raised as it would have been without this part."""
+        """Record what came so far while the last pushes are in flight. Nothing is
+        raised: whatever fails here is written again by `write_rest`, where its
+        error is raised as it would have been without this part."""
         self.take(outcomes)
         try:
-            self._settle()
-            self._record()
+            self._write()
         except Exception:
             _log.warning("early write of a page failed; it goes again with the rest", exc_info=True)
 
-    def write_rest(self) -> None:
-        """Settle and record what is not written yet; durable before the function answers."""
+    def write_rest(self, markers: PublishMarkers | None) -> None:
+        """Record what is not written yet; durable before the function answers.
+
+        When PostgreSQL refuses the rows, the results are kept in Redis (best
+        effort) before the error is raised: the page's retry takes them from there
+        rather than applying the ambiguous-answer policy to pushes whose answer
+        was known. If Redis lost them too, the policy applies.
+        """
         try:
-            self._settle()
-        except TransientStoreError:
-            # Redis went away after SNS took the pushes: without these rows the retry
-            # would find the markers still pending and record "outcome unknown" for
-            # pushes that did go out. Record what is known, then retry the page.
-            self._record()
+            self._write()
+        except TransientDatabaseError:
+            unwritten = [r for r in self.results[self._recorded :] if r.outcome in _KEPT_IN_REDIS]
+            if markers is not None and unwritten:
+                try:
+                    markers.settle(
+                        self.notification_id,
+                        self.page.key(),
+                        {r.device_id: _marker_for(r) for r in unwritten},
+                    )
+                except TransientStoreError:
+                    _log.warning("neither PostgreSQL nor Redis kept the page's results")
             raise
-        self._record()
 
 
 def publish(
     event: Mapping[str, Any],
     repository: NotificationRepository,
-    markers: PublishMarkers,
+    claims: PublishClaims,
     publisher: Publisher,
+    deadline: Deadline = NO_DEADLINE,
+    stop_margin: float = STOP_MARGIN_SECONDS,
+    markers: PublishMarkers | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Publish a page once per device, whatever retries happen.
+    """Publish a page once per device (for at-least-once categories, at least once),
+    whatever retries happen and whatever Redis loses.
 
-    Each device is claimed in Redis before its push and settled after, and the
-    page's rows are written to PostgreSQL before the function answers (what
-    came before the last wave of pushes while that wave is in flight). On
-    throttling or an SNS 5xx, ThrottledError is raised after that: the ASL
-    retries the page, and the retry pushes only the devices that were released.
-    When SNS refuses the send itself (credentials, authorization, a disabled
-    platform application), PublishRejectedError is raised instead, after the
-    same writes: no device gets a row for a refusal that is not its own.
+    Each device is claimed in PostgreSQL (one statement per page) before its push;
+    the page's rows are written before the function answers (what came before the
+    last wave of pushes while that wave is in flight). An earlier attempt's claim
+    without a row, or an answer that cannot say whether the push went, follows the
+    category's policy: pushed again with a collapse id (transactional, security) or
+    recorded `unknown` (the others). Pushes that did not leave (throttled, out of
+    time) are released, and ThrottledError or OutOfTimeError makes the ASL retry
+    the page. When SNS refuses the send itself (credentials, authorization, a
+    disabled platform application), PublishRejectedError is raised instead, after
+    the same writes: no device gets a row for a refusal that is not its own.
     """
     notification = repository.get_notification(event["notification_id"])
     page = PageRef.from_event(event)
@@ -532,21 +586,35 @@ def publish(
     if notification.status is NotificationStatus.CANCELLED or not recipients:
         return _unrecorded(notification.id, page, results)
 
-    device_ids = [int(raw["device_id"]) for raw in recipients]
-    claims = markers.claim(notification.id, page.key(), device_ids)
+    claimed = claims.claim_devices(
+        notification.id,
+        page.number,
+        [(int(raw["device_id"]), int(raw["user_id"])) for raw in recipients],
+        claimed_at=now,
+    )
+    if markers is not None and any(c is not None and c.result is None for c in claimed.values()):
+        claimed = _with_kept_results(notification.id, page, recipients, claimed, markers)
     content = compile_content(notification.content)
-    writes = _PageWrites(notification.id, page, repository, markers, results)
-    writes.take(publisher.publish(writes.pushes(recipients, claims, content), writes.write_early))
+    at_least_once = lookup_category(notification.category).at_least_once
+    # A function given less than twice the margin (a short Timeout) keeps half its
+    # time for pushing rather than none.
+    margin = min(stop_margin, deadline.seconds_left() / 2)
+    writes = _PageWrites(notification.id, page, claims, results, at_least_once, deadline, margin)
+    writes.take(publisher.publish(writes.pushes(recipients, claimed, content), writes.write_early))
     # Durable before answering, and before asking for a retry: a function that
     # times out (`Sandbox.Timedout`) or dies (`Lambda.Unknown`) from here on is
-    # retried; once its retries are spent, RecordPageFailure writes `failed`
-    # only for devices without a row. RecordResults then has nothing left to write.
-    writes.write_rest()
+    # retried, and the retry finds its claims; once its retries are spent,
+    # RecordPageFailure writes `unknown` for claimed devices without a row and
+    # `failed` for the others.
+    writes.write_rest(markers)
     if writes.maybe_gone:
         _log.warning(
-            "%d pushes may have gone (%s): released for the page's retry; devices %s",
+            "%d pushes may have gone (%s): %s; devices %s",
             len(writes.maybe_gone),
             ", ".join(sorted(set(writes.maybe_gone.values()))),
+            "pushed again on the page's retry (at least once)"
+            if at_least_once
+            else "recorded unknown (at most once)",
             sorted(writes.maybe_gone)[:20],
         )
     released = ", ".join(f"{count} {kind.value}" for kind, count in writes.released_as.items())
@@ -555,16 +623,46 @@ def publish(
         # little, then fails the page as an error.
         raise PublishRejectedError(
             f"SNS refused the send ({_rejection(writes)}); of {len(recipients)} pushes:"
-            f" {released}; {len(writes.settled)} settled and recorded"
+            f" {released}; {writes.settled} settled and recorded"
+        )
+    if writes.out_of_time:
+        raise OutOfTimeError(
+            f"{len(writes.out_of_time)} of {len(recipients)} pushes not taken: the invocation"
+            f" had less than {margin:g} s left; {writes.settled} settled and recorded,"
+            " the rest is retried"
         )
     if writes.released:
         raise ThrottledError(
             f"{len(writes.released)} of {len(recipients)} pushes not settled ({released});"
-            f" {len(writes.settled)} settled and recorded, the rest is retried"
+            f" {writes.settled} settled and recorded, the rest is retried"
         )
     # The rows are in PostgreSQL: the answer says how the page went, not how each
     # device did (Step Functions carries and copies every state's data).
     return page_event(notification.id, page, recorded=True, outcomes=outcome_totals(results))
+
+
+def _with_kept_results(
+    notification_id: str,
+    page: PageRef,
+    recipients: Sequence[Mapping[str, Any]],
+    claimed: Mapping[int, PriorClaim | None],
+    markers: PublishMarkers,
+) -> dict[int, PriorClaim | None]:
+    """Claims without a row, completed from what an earlier attempt kept in Redis
+    when PostgreSQL refused its rows. Redis unreachable or emptied: left as they are
+    (the ambiguous-answer policy then applies)."""
+    try:
+        kept = markers.markers(notification_id, page.key())
+    except TransientStoreError:
+        return dict(claimed)
+    users = {int(raw["device_id"]): int(raw["user_id"]) for raw in recipients}
+    completed = dict(claimed)
+    for device_id, claim in claimed.items():
+        if claim is not None and claim.result is None and device_id in kept:
+            result = _from_marker(device_id, users[device_id], kept[device_id])
+            if result is not None:
+                completed[device_id] = PriorClaim(result)
+    return completed
 
 
 def _rejection(writes: _PageWrites) -> str:
@@ -633,10 +731,12 @@ def final_status(notification: Notification, counts: Mapping[str, int]) -> Notif
     if notification.status is NotificationStatus.CANCELLED:
         return NotificationStatus.CANCELLED
     failed = counts.get(Outcome.FAILED.value, 0)
+    unknown = counts.get(Outcome.UNKNOWN.value, 0)
     total = sum(counts.values())
-    if failed and failed == total:
+    if failed and failed + unknown == total:
         return NotificationStatus.FAILED
-    if failed:
+    if failed or unknown:
+        # `unknown`: pushes that may not have gone; the send does not claim they did.
         return NotificationStatus.COMPLETED_WITH_FAILURES
     return NotificationStatus.COMPLETED
 
