@@ -189,7 +189,7 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with (
         LocalRuntime(progress=_say, log_path=LOG_PATH) as runtime,
-        LocalApiServer(runtime, args.host, args.port) as api,
+        LocalApiServer(runtime, args.host, args.port, console=True) as api,
     ):
         # Sends with `send_at` and schedules: moto stores them, local mode fires them.
         runtime.fire_schedules_continuously()
@@ -206,6 +206,7 @@ def serve(args: argparse.Namespace) -> int:
         print(
             f"""
 Pushflow API on {url}  (requests and executions are logged below)
+Console:                  {url.rsplit("/", 1)[0]}/console
 API key (backend routes): {api.api_key}
 User token (/v1/me/...):   pushflow local token --user alice
 Function logs:            {LOG_PATH.relative_to(REPO_ROOT)}

@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, unquote
 
 from pushflow.domain.errors import InvalidRequest
 from pushflow.validation import openapi, validate
+from pushflow_local import console as console_app
 from pushflow_local.auth import InvalidToken, LocalCredentials, load_credentials
 from pushflow_local.runtime import ACCOUNT, LocalRuntime
 
@@ -290,6 +291,8 @@ class LocalGateway:
         self._quotas: dict[str, DailyQuota] = {}
         self._limits_lock = threading.Lock()
         self.function = function
+        # Keys minted at start for the console (key -> key id), besides the backends' key.
+        self.operator_keys: dict[str, str] = {}
         # Powertools' resolver keeps the current event on the module's `app`, and a
         # Lambda instance serves one event at a time: so does the local one.
         self._invoke_lock = threading.Lock()
@@ -365,10 +368,12 @@ class LocalGateway:
             caller.claims = {key: _claim_text(key, value) for key, value in claims.items()}
         elif scheme.get("type") == "apiKey" and scheme.get("name", "").lower() == "x-api-key":
             sent = request.header("x-api-key") or ""
-            if not secrets.compare_digest(sent.encode(), self.credentials.api_key.encode()):
+            keys = {self.credentials.api_key: self.credentials.api_key_id, **self.operator_keys}
+            key = next((k for k in keys if secrets.compare_digest(sent.encode(), k.encode())), None)
+            if key is None:
                 raise GatewayRefusal("INVALID_API_KEY")
-            caller.api_key = self.credentials.api_key
-            caller.api_key_id = self.credentials.api_key_id
+            caller.api_key = key
+            caller.api_key_id = keys[key]
         else:
             raise RuntimeError(f"the local gateway does not know security scheme {name!r}")
 
@@ -603,7 +608,12 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
             source_ip=self.client_address[0],
         )
-        if not complete:
+        console = self.server.console
+        if complete and console is not None and console_app.claims(self.path):
+            answer = GatewayAnswer(
+                *console_app.answer(console, self.command, self.path, request.headers, body)
+            )
+        elif not complete:
             answer = gateway.gateway_response(
                 GatewayRefusal("REQUEST_TOO_LARGE"), request.request_id
             )
@@ -687,6 +697,7 @@ def _reason(status: int) -> str:
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
     gateway: LocalGateway
+    console: console_app.Console | None = None
 
 
 # -- executions ----------------------------------------------------------------------------
@@ -755,6 +766,7 @@ class LocalApiServer:
         log: TextIO | None = None,
         quiet: bool = False,
         log_executions: bool = True,
+        console: bool = False,
     ) -> None:
         self.runtime = runtime
         self.credentials = credentials or load_credentials()
@@ -771,6 +783,14 @@ class LocalApiServer:
         self._http: _HttpServer | None = None
         self._thread: threading.Thread | None = None
         self._executions = ExecutionLog(runtime, self.gateway._say) if log_executions else None
+        self.console: console_app.Console | None = None
+        if console:
+            operator_key = console_app.mint_operator_key()
+            self.gateway.operator_keys[operator_key] = f"console{secrets.token_hex(4)}"
+            definitions = {
+                m.logical_id: m.definition_path for m in runtime.template.state_machines()
+            }
+            self.console = console_app.Console(lambda: self.url, operator_key, definitions)
 
     @property
     def api_key(self) -> str:
@@ -790,6 +810,7 @@ class LocalApiServer:
     def start(self) -> None:
         self._http = _HttpServer(self._address, _Handler)
         self._http.gateway = self.gateway
+        self._http.console = self.console
         self._thread = threading.Thread(
             target=self._http.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
         )

@@ -15,7 +15,8 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 
-from pushflow.domain import registration, scheduling, send_ends, sending
+from pushflow.domain import monitoring, registration, scheduling, send_ends, sending
+from pushflow.domain.categories import CATEGORIES
 from pushflow.domain.errors import (
     Conflict,
     Forbidden,
@@ -24,6 +25,7 @@ from pushflow.domain.errors import (
     TransientError,
     Unauthorized,
 )
+from pushflow.domain.models import NotificationStatus, Outcome
 from pushflow.handler import task
 from pushflow.observability import logger
 from pushflow.services import Services
@@ -368,7 +370,11 @@ def list_deliveries(notification_id: str) -> Response[Any]:
     after = query.get("after")
     if after is not None and not (after.isdigit() and len(after) <= 18):
         raise InvalidRequest("after must be a cursor from a previous page", "after")
-    page = registration.deliveries_page(notification_id, _services().repository, after, limit)
+    outcome = _choice(query, "outcome", OUTCOMES)
+    platform = _choice(query, "platform", PLATFORMS)
+    page = registration.deliveries_page(
+        notification_id, _services().repository, after, limit, outcome, platform
+    )
     return _json(200, page)
 
 
@@ -445,6 +451,59 @@ def cancel_schedule(schedule_id: str) -> Response[Any]:
     return _json(
         200, scheduling.schedule_view(schedule_id, services.repository, services.clock.now())
     )
+
+
+# -- routes: watching sends (the console reads these, as any backend may) ------------------
+
+OUTCOMES = tuple(outcome.value for outcome in Outcome)
+PLATFORMS = ("ios", "android")
+STATUSES = tuple(status.value for status in NotificationStatus)
+
+
+def _choice(query: dict[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
+    value = query.get(name)
+    if value is None or value == "":
+        return None
+    if value not in allowed:
+        raise InvalidRequest(f"{name} must be one of {', '.join(allowed)}", name)
+    return value
+
+
+def _whole(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = query.get(name, str(default))
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise InvalidRequest(f"{name} must be a whole number from {low} to {high}", name)
+    return int(raw)
+
+
+@app.get("/v1/notifications")
+def list_notifications() -> Response[Any]:
+    _backend()
+    query = app.current_event.query_string_parameters or {}
+    page = monitoring.sends_page(
+        _services().repository,
+        _whole(query, "limit", 50, 1, 200),
+        query.get("cursor") or None,
+        _choice(query, "status", STATUSES),
+        _choice(query, "category", tuple(CATEGORIES)),
+    )
+    return _json(200, page)
+
+
+@app.get("/v1/notifications/<notification_id>/execution")
+def get_execution(notification_id: str) -> Response[Any]:
+    _backend()
+    query = app.current_event.query_string_parameters or {}
+    services = _services()
+    view = monitoring.execution_view(
+        notification_id,
+        services.repository,
+        services.execution_reader,
+        _whole(query, "first_page", 0, 0, 10_000_000),
+        _whole(query, "pages", 50, 1, 200),
+        query.get("children_token") or None,
+    )
+    return _json(200, view)
 
 
 @task
