@@ -216,7 +216,20 @@ def test_the_execution_view_tells_each_state_and_the_pages(
         "Finalize": "succeeded",
     }
     assert sum(sum(page["counts"].values()) for page in view["pages"]) == 40
-    assert view["map_runs"][0]["status"] == "SUCCEEDED"
+    (map_run,) = view["map_runs"]
+    assert map_run["status"] == "SUCCEEDED"
+    # One page, so one child execution, listed by its Map Run with its own states.
+    (child,) = map_run["children"]
+    assert child["status"] == "SUCCEEDED"
+    assert child["executionArn"].startswith(
+        map_run["map_run_arn"].replace(":mapRun:", ":execution:").rsplit(":", 1)[0]
+    )
+    assert {name: state["status"] for name, state in child["states"].items()} == {
+        "ResolveRecipients": "succeeded",
+        "FilterRecipients": "succeeded",
+        "PublishBatch": "succeeded",
+        "RecordResults": "succeeded",
+    }
 
 
 # -- in the browser ------------------------------------------------------------------------------
@@ -252,8 +265,11 @@ def test_a_send_shows_the_graph_coloured_by_status_and_the_counts(
         assert state(name).get_attribute("data-status") == "notrun", name
         fill = state(name).locator("rect.box").evaluate("r => getComputedStyle(r).fill")
         assert fill == NOT_RUN_FILL, name
-    # The Map's processor is drawn inside FanOut.
-    assert state("PublishBatch", "FanOut").count() == 1
+    # The Map's processor is drawn inside FanOut, coloured from its child executions.
+    for name in ("ResolveRecipients", "FilterRecipients", "PublishBatch", "RecordResults"):
+        assert state(name, "FanOut").get_attribute("data-status") == "succeeded", name
+    for name in ("RecordPageFailure", "PageRejected"):
+        assert state(name, "FanOut").get_attribute("data-status") == "notrun", name
 
     counts = finished["counts"]
     assert counts["sent"] == 40

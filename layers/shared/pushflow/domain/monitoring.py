@@ -144,7 +144,16 @@ def execution_view(
         children, following = executions.map_run_children(
             map_run["map_run_arn"], pages, child_token
         )
-        view["map_runs"].append({**map_run, "children": children, "next_children": following})
+        # Each child with its states, as the parent's, not its raw events: a page of
+        # children stays small whatever their retries.
+        shown = [
+            {
+                **{key: value for key, value in child.items() if key != "events"},
+                "states": state_statuses(child.get("events", [])),
+            }
+            for child in children
+        ]
+        view["map_runs"].append({**map_run, "children": shown, "next_children": following})
     return view
 
 
