@@ -179,7 +179,9 @@ def state_statuses(events: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, A
         elif current is None or kind.startswith("Execution"):
             continue
         elif kind.endswith(("Failed", "TimedOut")):
-            details = next((v for k, v in event.items() if k.endswith("EventDetails")), {})
+            details: Mapping[str, Any] = next(
+                (v for k, v in event.items() if k.endswith("EventDetails")), {}
+            )
             current.update(status="failed", failing=True)
             current["error"] = {"error": details.get("error"), "cause": details.get("cause")}
         elif kind.endswith(("Scheduled", "Started")) and current.get("failing"):
