@@ -506,6 +506,19 @@ def get_execution(notification_id: str) -> Response[Any]:
     return _json(200, view)
 
 
+@app.get("/v1/users/<external_id>")
+def get_user(external_id: str) -> Response[Any]:
+    _backend()
+    services = _services()
+    view = monitoring.user_view(
+        _path("external_id", external_id),
+        services.repository,
+        services.recipient_filter,
+        services.clock.now(),
+    )
+    return _json(200, view)
+
+
 @task
 def lambda_handler(event: dict[str, Any], services: Services) -> dict[str, Any]:
     app.append_context(services=services)  # type: ignore[no-untyped-call]

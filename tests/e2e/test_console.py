@@ -133,7 +133,11 @@ def finished(api: LocalApiServer, runtime: LocalRuntime) -> dict[str, Any]:
 
     reset_data(runtime)
     users = [
-        SeedUser(f"console-{i:03d}", devices=[("ios", False)] if i % 2 else [("android", False)])
+        SeedUser(
+            f"console-{i:03d}",
+            locale="de-AT" if i % 4 == 0 else "en",
+            devices=[("ios", False)] if i % 2 else [("android", False)],
+        )
         for i in range(40)
     ]
     seed_users(runtime, users)
@@ -144,7 +148,11 @@ def finished(api: LocalApiServer, runtime: LocalRuntime) -> dict[str, Any]:
         {
             "category": "news",
             "audience": {"type": "all"},
-            "content": {"title": "Console check", "body": "Seen in a browser"},
+            "content": {
+                "title": "Console check",
+                "body": "Seen in a browser",
+                "localizations": {"de": {"title": "Konsolenprobe", "body": "Im Browser"}},
+            },
         },
         **{"Idempotency-Key": "console-send-1"},
     )
@@ -303,3 +311,68 @@ def test_deliveries_show_a_devices_result_and_link_to_its_user(
     link = row.locator("a")
     assert link.get_attribute("href") == f"#/users/{device['user_external_id']}"
     screenshot(page, "deliveries")
+
+
+def test_deliveries_tell_the_variant_and_title_each_user_got(
+    api: LocalApiServer, finished: dict[str, Any]
+) -> None:
+    notification = finished["notification_id"]
+    page = call(api, "GET", f"/v1/notifications/{notification}/deliveries?limit=1000")
+    got = {d["user_external_id"]: (d["variant"], d["title"]) for d in page["deliveries"]}
+
+    assert got["console-000"] == ("de", "Konsolenprobe")  # de-AT falls back to de
+    assert got["console-001"] == ("default", "Console check")
+    assert "attributes" not in page["deliveries"][0]
+
+
+def test_a_user_shows_devices_preferences_caps_and_recent_deliveries(
+    api: LocalApiServer, finished: dict[str, Any], page: Any
+) -> None:
+    # GIVEN console-004 (de-AT, android) got the news send, then chose quiet hours
+    user = "console-004"
+    answer = urllib.request.urlopen(  # the app's own route, with the user's token
+        urllib.request.Request(
+            api.url + "/v1/me/preferences",
+            data=json.dumps(
+                {
+                    "opted_out_categories": ["marketing"],
+                    "quiet_hours": {"start": "22:00", "end": "07:00"},
+                }
+            ).encode(),
+            headers={"Content-Type": "application/json", "Authorization": api.mint_token(user)},
+            method="PUT",
+        ),
+        timeout=WAIT_SECONDS,
+    )
+    assert answer.status == 200
+    view = call(api, "GET", f"/v1/users/{user}")
+    assert view["cap_usage"]["news"] == {"used": 1, "cap": 3}
+    assert view["cap_usage"]["marketing"] == {"used": 0, "cap": 2}
+    (delivery,) = view["recent_deliveries"]
+    assert (delivery["notification_id"], delivery["outcome"]) == (
+        finished["notification_id"],
+        "sent",
+    )
+    assert (delivery["variant"], delivery["title"]) == ("de", "Konsolenprobe")
+
+    # WHEN an operator opens the user from a delivery's link
+    page.goto(console_url(api) + f"#/sends/{finished['notification_id']}/deliveries")
+    page.locator(f"#deliveries a[href='#/users/{user}']").click()
+
+    # THEN the page shows what the API says
+    page.locator("#profile").wait_for()
+    assert page.locator("#quiet-hours").inner_text().startswith("22:00\u201307:00")
+    assert page.locator("#opted-out").inner_text() == "marketing"
+    assert page.locator("#caps tr[data-category='news'] td.num").inner_text() == "1 / 3"
+    assert page.locator("#devices tbody tr").count() == len(view["devices"]) == 1
+    recent = page.locator(
+        f"#recent-deliveries tr[data-notification='{delivery['notification_id']}']"
+    )
+    assert "Konsolenprobe" in recent.inner_text()
+    assert delivery["sns_message_id"] in recent.inner_text()
+    screenshot(page, "user")
+
+
+def test_an_unknown_user_is_a_404(api: LocalApiServer, finished: dict[str, Any]) -> None:
+    status, answer = status_of(console_url(api) + "api/v1/users/nobody-here")
+    assert (status, answer["error"]) == (404, "not_found")

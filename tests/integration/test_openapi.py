@@ -57,6 +57,7 @@ ROUTES = {
     # What an operator watches (the console reads these, as any backend may).
     ("GET", "/v1/notifications"): "listNotifications",
     ("GET", "/v1/notifications/{notification_id}/execution"): "getNotificationExecution",
+    ("GET", "/v1/users/{external_id}"): "getUser",
 }
 
 INTEGRATION_URI = {

@@ -22,7 +22,9 @@ def exited(name: str) -> dict[str, Any]:
 
 
 def event(kind: str, **details: Any) -> dict[str, Any]:
-    return {"type": kind, "lambdaFunctionFailedEventDetails": details} if details else {"type": kind}
+    if not details:
+        return {"type": kind}
+    return {"type": kind, "lambdaFunctionFailedEventDetails": details}
 
 
 def test_a_state_entered_and_exited_succeeded_one_entered_only_runs() -> None:

@@ -395,16 +395,63 @@ async function deliveriesView(id, params, token) {
       select("Outcome", "outcome", OUTCOMES, outcome, (v) => go({ outcome: v })),
       select("Platform", "platform", ["ios", "android"], platform, (v) => go({ platform: v }))),
     h("table", { id: "deliveries" },
-      h("thead", {}, h("tr", {}, ["Device", "User", "Platform", "Outcome", "Page", "SNS message id / error", "Recorded"].map((c) => h("th", {}, c)))),
+      h("thead", {}, h("tr", {}, ["Device", "User", "Platform", "Outcome", "Page", "Variant", "Title", "SNS message id / error", "Recorded"].map((c) => h("th", {}, c)))),
       h("tbody", {}, page.deliveries.map((d) => h("tr", { "data-device": d.device_id },
         h("td", { class: "mono" }, d.device_id),
         h("td", {}, d.user_external_id ? h("a", { href: `#/users/${encodeURIComponent(d.user_external_id)}` }, d.user_external_id) : "—"),
         h("td", {}, d.platform || "—"),
         h("td", {}, h("span", { class: "badge", style: `background:var(--o-${d.outcome})` }, d.outcome)),
         h("td", { class: "num" }, d.page ?? "—"),
+        h("td", {}, d.variant || "—"),
+        h("td", {}, d.title || "—"),
         h("td", { class: d.error ? "error mono" : "mono" }, d.sns_message_id || d.error || "—"),
         h("td", {}, fmtTime(d.recorded_at)))))),
     page.deliveries.length ? pager : h("p", { class: "muted" }, "No deliveries match."));
+}
+
+// -- one user -------------------------------------------------------------------------------
+
+async function userView(externalId, token) {
+  const view = await api(`/v1/users/${encodeURIComponent(externalId)}`);
+  if (token !== routeToken) return;
+  const p = view.preferences;
+  const capRows = Object.entries(view.cap_usage).map(([category, u]) => {
+    const share = u.cap ? Math.min(1, u.used / u.cap) : 0;
+    return h("tr", { "data-category": category },
+      h("td", {}, category),
+      h("td", { class: "num" }, `${u.used} / ${u.cap}`),
+      h("td", {}, h("div", { class: "bar", role: "img", "aria-label": `${u.used} of ${u.cap}` },
+        h("span", { style: `width:${100 * share}%;background:${u.used >= u.cap ? "var(--failed)" : "var(--running)"}` }))));
+  });
+  setMain(
+    h("h1", {}, `User ${view.user.external_id}`),
+    h("div", { class: "row" },
+      h("div", { class: "panel grow" }, h("h2", {}, "Profile"), h("dl", { class: "facts", id: "profile" },
+        h("dt", {}, "Locale"), h("dd", {}, view.user.locale),
+        h("dt", {}, "Time zone"), h("dd", {}, view.user.time_zone),
+        h("dt", {}, "Quiet hours"), h("dd", { id: "quiet-hours" }, p.quiet_hours ? `${p.quiet_hours.start}–${p.quiet_hours.end} (${view.user.time_zone})` : "none"),
+        h("dt", {}, "Opted out of"), h("dd", { id: "opted-out" }, (p.opted_out_categories || []).join(", ") || "nothing"),
+        h("dt", {}, "Topics"), h("dd", {}, view.topics.join(", ") || "none"),
+        h("dt", {}, "Attributes"), h("dd", { class: "mono" }, JSON.stringify(view.user.attributes)))),
+      h("div", { class: "panel grow" }, h("h2", {}, "Today's caps (rolling 24 h)"),
+        h("table", { id: "caps" }, h("tbody", {}, capRows)))),
+    h("div", { class: "panel" }, h("h2", {}, "Devices"),
+      h("table", { id: "devices" },
+        h("thead", {}, h("tr", {}, ["Device", "Platform", "Enabled", "Registered", "Last seen"].map((c) => h("th", {}, c)))),
+        h("tbody", {}, view.devices.map((d) => h("tr", { "data-device": d.device_id },
+          h("td", { class: "mono" }, d.device_id), h("td", {}, d.platform + (d.sandbox ? " (sandbox)" : "")),
+          h("td", {}, d.enabled ? "yes" : h("span", { class: "error" }, "no (disabled)")),
+          h("td", {}, fmtTime(d.created_at)), h("td", {}, fmtTime(d.last_seen_at))))))),
+    h("div", { class: "panel" }, h("h2", {}, "Recent deliveries"),
+      h("table", { id: "recent-deliveries" },
+        h("thead", {}, h("tr", {}, ["Recorded", "Send", "Category", "Device", "Outcome", "Variant", "Title", "SNS message id / error"].map((c) => h("th", {}, c)))),
+        h("tbody", {}, view.recent_deliveries.map((d) => h("tr", { "data-notification": d.notification_id },
+          h("td", {}, fmtTime(d.recorded_at)),
+          h("td", {}, h("a", { href: `#/sends/${d.notification_id}` }, d.notification_id.slice(0, 8))),
+          h("td", {}, d.category), h("td", { class: "mono" }, `${d.device_id} ${d.platform || ""}`),
+          h("td", {}, h("span", { class: "badge", style: `background:var(--o-${d.outcome})` }, d.outcome)),
+          h("td", {}, d.variant || "—"), h("td", {}, d.title || "—"),
+          h("td", { class: d.error ? "error mono" : "mono" }, d.sns_message_id || d.error || "—")))))));
 }
 
 // -- schedules ------------------------------------------------------------------------------
@@ -447,7 +494,7 @@ async function route() {
     if ((m = path.match(/^\/sends\/([0-9a-f-]{36})\/deliveries$/))) await deliveriesView(m[1], params, token);
     else if ((m = path.match(/^\/sends\/([0-9a-f-]{36})$/))) await sendView(m[1], params, token);
     else if (path.startsWith("/schedules")) await schedulesView(params, token);
-    else if ((m = path.match(/^\/users\/(.+)$/)) && typeof userView === "function") await userView(decodeURIComponent(m[1]), token);
+    else if ((m = path.match(/^\/users\/(.+)$/))) await userView(decodeURIComponent(m[1]), token);
     else await sendsView(params, token);
     document.getElementById("main").dataset.ready = path;
   } catch (error) {

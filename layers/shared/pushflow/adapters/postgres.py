@@ -1100,7 +1100,7 @@ class Repository:
         optionally only one outcome and one platform (a deleted device has none)."""
         rows = self.run(
             "SELECT r.device_id, u.external_id, r.outcome, r.sns_message_id, r.error,"
-            " r.recorded_at, d.platform, r.page FROM deliveries r"
+            " r.recorded_at, d.platform, r.page, u.locale, u.attributes FROM deliveries r"
             " LEFT JOIN users u ON u.id = r.user_id LEFT JOIN devices d ON d.id = r.device_id"
             " WHERE r.notification_id = CAST(:id AS uuid) AND r.device_id > :after"
             " AND (CAST(:outcome AS text) IS NULL OR r.outcome = :outcome)"
@@ -1122,6 +1122,8 @@ class Repository:
                 "recorded_at": row[5].isoformat(),
                 "platform": row[6],
                 "page": row[7],
+                "locale": row[8],
+                "attributes": row[9] or {},
             }
             for row in rows
         ]
@@ -1482,6 +1484,36 @@ class Repository:
             limit=limit,
         )
         return [_notification(row) for row in rows]
+
+    def recent_deliveries(self, user_id: int, limit: int) -> list[dict[str, Any]]:
+        """A user's latest delivery rows, newest first, with their send's category and
+        the title of the variant the user's locale got."""
+        rows = self.run(
+            "SELECT r.notification_id, n.category, r.device_id, d.platform, r.outcome,"
+            " r.sns_message_id, r.error, r.recorded_at, n.request -> 'content', u.locale,"
+            " u.attributes"
+            " FROM deliveries r JOIN notifications n ON n.id = r.notification_id"
+            " JOIN users u ON u.id = r.user_id LEFT JOIN devices d ON d.id = r.device_id"
+            " WHERE r.user_id = :user ORDER BY r.recorded_at DESC, r.device_id LIMIT :limit",
+            user=user_id,
+            limit=limit,
+        )
+        return [
+            {
+                "notification_id": str(row[0]),
+                "category": row[1],
+                "device_id": str(row[2]),
+                "platform": row[3],
+                "outcome": row[4],
+                "sns_message_id": row[5],
+                "error": row[6],
+                "recorded_at": row[7].isoformat(),
+                "content": row[8] or {},
+                "locale": row[9],
+                "attributes": row[10] or {},
+            }
+            for row in rows
+        ]
 
     def page_summaries(
         self, notification_id: str, first_page: int, last_page: int

@@ -13,8 +13,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from pushflow.domain.errors import InvalidRequest
-from pushflow.domain.models import Notification, NotificationStatus
+from pushflow.domain.categories import CATEGORIES
+from pushflow.domain.errors import InvalidRequest, NotFound
+from pushflow.domain.models import Device, Notification, NotificationStatus, User
+from pushflow.domain.registration import preferences_view, with_variant
+from pushflow.domain.rules import DEFAULT_PREFERENCES, Preferences
 
 # A send's events as the console shows them: the parent's history stays small
 # (~20 events a pass), this is a guard, not a page size.
@@ -190,3 +193,58 @@ def state_statuses(events: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, A
     for state in states.values():
         state.pop("failing", None)
     return states
+
+
+# -- one user ---------------------------------------------------------------------------
+
+RECENT_DELIVERIES = 50
+
+
+class UserDirectory(Protocol):
+    def find_user(self, external_id: str) -> User | None: ...
+
+    def list_devices(self, user_id: int) -> list[Device]: ...
+
+    def load_preferences(self, user_ids: Sequence[int]) -> dict[int, Preferences]: ...
+
+    def topics(self, user_id: int) -> list[str]: ...
+
+    def recent_deliveries(self, user_id: int, limit: int) -> list[dict[str, Any]]: ...
+
+
+class CapCounter(Protocol):
+    def cap_usage(
+        self, user_id: int, categories: Sequence[str], now: datetime
+    ) -> dict[str, int]: ...
+
+
+def user_view(
+    external_id: str, directory: UserDirectory, caps: CapCounter, now: datetime
+) -> dict[str, Any]:
+    """A user as an operator checks them: profile, devices, preferences and quiet hours,
+    the pushes counted against each capped category in the last 24 hours, and their
+    latest deliveries with the variant and title they got."""
+    user = directory.find_user(external_id)
+    if user is None:
+        raise NotFound(f"user {external_id} not found")
+    preferences = directory.load_preferences([user.id]).get(user.id, DEFAULT_PREFERENCES)
+    capped = {
+        name: preferences.cap_overrides.get(name, category.daily_cap)
+        for name, category in CATEGORIES.items()
+        if category.daily_cap is not None
+    }
+    used = caps.cap_usage(user.id, sorted(capped), now)
+    deliveries = []
+    for row in directory.recent_deliveries(user.id, RECENT_DELIVERIES):
+        content = row.pop("content", {})
+        deliveries.extend(with_variant([row], content))
+    return {
+        "user": user.to_dict(),
+        "devices": [device.to_dict() for device in directory.list_devices(user.id)],
+        "preferences": preferences_view(preferences),
+        "topics": directory.topics(user.id),
+        "cap_usage": {
+            name: {"used": used.get(name, 0), "cap": cap} for name, cap in sorted(capped.items())
+        },
+        "recent_deliveries": deliveries,
+    }

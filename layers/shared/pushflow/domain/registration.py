@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pushflow.domain.categories import CATEGORIES
+from pushflow.domain.content import ContentError, compile_content
 from pushflow.domain.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from pushflow.domain.models import Device, Notification, User
 from pushflow.domain.rules import DEFAULT_PREFERENCES, Preferences
@@ -251,7 +252,28 @@ def deliveries_page(
     outcome: str | None = None,
     platform: str | None = None,
 ) -> dict[str, Any]:
-    directory.get_notification(notification_id)
+    send = directory.get_notification(notification_id)
     rows = directory.list_deliveries(notification_id, int(after or 0), limit, outcome, platform)
+    rows = with_variant(rows, send.request.get("content") or {})
     following = rows[-1]["device_id"] if len(rows) == limit else None
     return {"deliveries": rows, "next": following}
+
+
+def with_variant(rows: list[dict[str, Any]], content: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each delivery row with the locale variant and title its user gets from the send's
+    content (rendered from the user's locale and attributes as they are now); the
+    attributes themselves are not shown."""
+    compiled = compile_content(content) if content else None
+    shown = []
+    for row in rows:
+        attributes = row.pop("attributes", {}) or {}
+        locale = row.pop("locale", None)
+        if compiled is not None:
+            try:
+                rendered = compiled.render(locale, attributes)
+            except ContentError:
+                row.update(variant=None, title=None)
+            else:
+                row.update(variant=rendered.locale_used or "default", title=rendered.title)
+        shown.append(row)
+    return shown
