@@ -13,11 +13,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pushflow.domain.errors import TransientDatabaseError
 from pushflow_local.auth import LocalCredentials, load_credentials
 from pushflow_local.runtime import REPO_ROOT, LocalRuntime
 from pushflow_local.seed import SeedUser, seed_users
@@ -40,6 +42,7 @@ CHROMIUM_ARGS = [
 # The console's palette (console.css): what a status or an outcome looks like.
 SUCCEEDED_FILL = "rgb(46, 157, 87)"
 NOT_RUN_FILL = "rgb(152, 162, 179)"
+CAUGHT_FILL = "rgb(224, 138, 0)"
 
 
 # -- fixtures -------------------------------------------------------------------------------
@@ -376,3 +379,111 @@ def test_a_user_shows_devices_preferences_caps_and_recent_deliveries(
 def test_an_unknown_user_is_a_404(api: LocalApiServer, finished: dict[str, Any]) -> None:
     status, answer = status_of(console_url(api) + "api/v1/users/nobody-here")
     assert (status, answer["error"]) == (404, "not_found")
+
+
+# Last: these sends come after the ones the tests above count.
+
+
+def test_a_page_that_keeps_failing_shows_its_retries_and_the_catch(
+    api: LocalApiServer,
+    runtime: LocalRuntime,
+    finished: dict[str, Any],
+    page: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a send whose one page cannot be read: every attempt loses its connection
+    seed_users(runtime, [SeedUser(f"failing-{i}") for i in range(3)])
+
+    def lost_connection(*args: Any, **kwargs: Any) -> Any:
+        raise TransientDatabaseError("the page read lost its connection")
+
+    monkeypatch.setattr(runtime.services.repository, "resolve_page", lost_connection)
+    accepted = call(
+        api,
+        "POST",
+        "/v1/notifications",
+        {
+            "category": "news",
+            "audience": {"type": "users", "external_ids": [f"failing-{i}" for i in range(3)]},
+            "content": {"title": "Doomed page", "body": "Never read"},
+        },
+    )
+    send = finished_send(api, accepted["notification_id"])
+    monkeypatch.undo()
+    assert send["counts"] == {"failed": 6}  # two devices each
+
+    # THEN the API tells the page's child: the read retried, then caught
+    view = call(api, "GET", f"/v1/notifications/{send['notification_id']}/execution")
+    (child,) = view["map_runs"][0]["children"]
+    resolve = child["states"]["ResolveRecipients"]
+    assert resolve["status"] == "caught"
+    assert resolve["retries"] >= 1
+    assert resolve["error"]["error"] == "TransientDatabaseError"
+    assert child["states"]["RecordPageFailure"]["status"] == "succeeded"
+
+    # AND the page shows it: the state orange with its retries, the catch's target run
+    page.goto(console_url(api) + f"#/sends/{send['notification_id']}")
+    caught = page.locator("#graph g.state[data-state='ResolveRecipients'][data-scope='FanOut']")
+    page.locator("#graph g.state[data-state='Finalize'][data-status='succeeded']").wait_for()
+    assert caught.get_attribute("data-status") == "caught"
+    fill = caught.locator("rect.box").evaluate("r => getComputedStyle(r).fill")
+    assert fill == CAUGHT_FILL
+    assert f"↻ {resolve['retries']}" in page.locator("#graph").inner_text()
+    recorded = page.locator("#graph g.state[data-state='RecordPageFailure'][data-scope='FanOut']")
+    assert recorded.get_attribute("data-status") == "succeeded"
+    caught.focus()
+    page.keyboard.press("Enter")
+    assert "TransientDatabaseError" in page.locator("#selected-state").inner_text()
+    screenshot(page, "send-with-a-caught-page")
+
+
+def test_the_sends_list_updates_while_it_is_open(
+    api: LocalApiServer, runtime: LocalRuntime, finished: dict[str, Any], page: Any
+) -> None:
+    # GIVEN the list is open
+    page.goto(console_url(api) + "#/sends")
+    page.locator(f"#sends tr[data-id='{finished['notification_id']}']").wait_for()
+
+    # WHEN a send is made meanwhile
+    seed_users(runtime, [SeedUser("live-0")])
+    accepted = call(
+        api,
+        "POST",
+        "/v1/notifications",
+        {
+            "category": "social",
+            "audience": {"type": "users", "external_ids": ["live-0"]},
+            "content": {"title": "Appears by itself", "body": "No reload"},
+        },
+    )
+    finished_send(api, accepted["notification_id"])
+
+    # THEN it appears without a reload, with its final status
+    row = page.locator(f"#sends tr[data-id='{accepted['notification_id']}']")
+    row.locator(".badge", has_text="completed").wait_for()
+    assert "Appears by itself" in row.inner_text()
+
+
+def test_cancel_from_the_console_cancels_a_scheduled_send(
+    api: LocalApiServer, finished: dict[str, Any], page: Any
+) -> None:
+    accepted = call(
+        api,
+        "POST",
+        "/v1/notifications",
+        {
+            "category": "news",
+            "audience": {"type": "users", "external_ids": ["console-001"]},
+            "content": {"title": "Later", "body": "Tomorrow"},
+            "send_at": (datetime.now(UTC) + timedelta(hours=6)).isoformat(timespec="seconds"),
+        },
+    )
+    assert accepted["status"] == "scheduled"
+
+    page.goto(console_url(api) + f"#/sends/{accepted['notification_id']}")
+    page.locator("#cancel").click()
+    page.locator("h1 .badge", has_text="cancelled").wait_for()
+
+    assert call(api, "GET", f"/v1/notifications/{accepted['notification_id']}")["status"] == (
+        "cancelled"
+    )
