@@ -183,7 +183,7 @@ function eventName(event) {
 
 function countsChart(counts, recipients, running) {
   // The counts so far against the recipients: the bar fills while the send runs.
-  const width = 640, barH = 26, sum = total(counts), of = Math.max(recipients || 0, sum, 1);
+  const width = 360, barH = 26, sum = total(counts), of = Math.max(recipients || 0, sum, 1);
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("viewBox", `0 0 ${width} 60`);
   svg.setAttribute("role", "img");
@@ -219,7 +219,7 @@ function timeline(pages, children, startIso) {
   if (!items.length) return h("p", { class: "muted" }, "No page has written its rows yet.");
   const t0 = new Date(startIso || items[0].from).getTime();
   const t1 = Math.max(...items.map((i) => new Date(i.to).getTime()), t0 + 1);
-  const rowH = 8, width = 640, left = 70, height = items.length * rowH + 24;
+  const rowH = items.length > 60 ? 5 : 14, width = 640, left = 90, height = items.length * rowH + 24;
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
@@ -237,6 +237,12 @@ function timeline(pages, children, startIso) {
     title.textContent = `${item.label}: ${fmtTime(item.from)} → ${fmtTime(item.to)}`;
     r.appendChild(title);
     svg.appendChild(r);
+    if (rowH >= 10) {
+      const label = document.createElementNS(ns, "text");
+      label.setAttribute("x", 0); label.setAttribute("y", i * rowH + rowH);
+      label.textContent = item.label.length > 14 ? `child ${item.label.slice(0, 8)}` : item.label;
+      svg.appendChild(label);
+    }
   });
   const axis = document.createElementNS(ns, "text");
   axis.setAttribute("x", left); axis.setAttribute("y", height - 4); axis.setAttribute("font-size", 11);
@@ -271,7 +277,7 @@ async function sendView(id, params, token) {
     selected.textContent = "";
     selected.appendChild(h("dl", { class: "facts" },
       h("dt", {}, "State"), h("dd", {}, scope ? `${scope} › ${name}` : name),
-      h("dt", {}, "Status"), h("dd", {}, badge(info.status || "not run")),
+      h("dt", {}, "Status"), h("dd", {}, badge(info.status || "notrun")),
       h("dt", {}, "Retried"), h("dd", {}, String(info.retries || 0)),
       info.error ? [h("dt", {}, "Error"), h("dd", { class: "error" }, info.error.error || ""),
         h("dt", {}, "Cause"), h("dd", { class: "error mono" }, info.error.cause || "")] : []));
@@ -316,6 +322,11 @@ async function sendView(id, params, token) {
     chart.appendChild(legend(view.counts));
     failures.textContent = "";
     const failed = Object.entries(view.states).filter(([, s]) => s.error);
+    for (const child of children) {
+      for (const [name, s] of Object.entries(child.states || {})) {
+        if (s.error) failed.push([`FanOut › ${name} (child ${child.name.slice(0, 8)}, ${s.status})`, s]);
+      }
+    }
     if (view.execution && view.execution.error) failed.push(["execution", { error: { error: view.execution.error, cause: view.execution.cause } }]);
     if (failed.length) {
       failures.appendChild(h("h2", {}, "Errors"));
@@ -337,7 +348,7 @@ async function sendView(id, params, token) {
             h("td", { class: "mono" }, c.name), h("td", {}, badge(c.status)),
             h("td", { class: "num" }, fmtSeconds(since(c.startDate, c.stopDate))),
             h("td", {}, Object.entries(c.states || {}).map(([s, i]) =>
-              h("span", { class: `badge status-${i.status === "succeeded" ? "SUCCEEDED" : i.status === "running" ? "RUNNING" : "FAILED"}`, title: i.error ? i.error.error : "" },
+              h("span", { class: `badge status-${i.status}`, title: i.error ? `${i.status}: ${i.error.error}` : i.status },
                 s + (i.retries ? ` ↻${i.retries}` : "")))))))));
       }
     }
