@@ -487,3 +487,34 @@ def test_cancel_from_the_console_cancels_a_scheduled_send(
     assert call(api, "GET", f"/v1/notifications/{accepted['notification_id']}")["status"] == (
         "cancelled"
     )
+
+
+def test_schedules_show_the_next_firing_and_cancel(
+    api: LocalApiServer, finished: dict[str, Any], page: Any
+) -> None:
+    created = call(
+        api,
+        "POST",
+        "/v1/schedules",
+        {
+            "send": {
+                "category": "reminders",
+                "audience": {"type": "users", "external_ids": ["console-002"]},
+                "content": {"title": "Daily", "body": "At nine in Berlin"},
+            },
+            "recurrence": {"cron": "0 9 * * ? *", "time_zone": "Europe/Berlin"},
+        },
+    )
+    assert created["next_firing"]
+
+    page.goto(console_url(api) + "#/schedules")
+    row = page.locator(f"#schedules tr[data-id='{created['schedule_id']}']")
+    row.wait_for()
+    assert "0 9 * * ? *" in row.inner_text()
+    assert "Europe/Berlin" in row.inner_text()
+    assert row.locator(".badge").inner_text() == "active"
+    screenshot(page, "schedules")
+
+    row.locator("button", has_text="Cancel").click()
+    row.locator(".badge", has_text="cancelled").wait_for()
+    assert call(api, "GET", f"/v1/schedules/{created['schedule_id']}")["status"] == "cancelled"
