@@ -471,7 +471,8 @@ def _choice(query: dict[str, str], name: str, allowed: tuple[str, ...]) -> str |
 
 def _whole(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = query.get(name, str(default))
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    # isdigit() alone takes "²" and other digits int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise InvalidRequest(f"{name} must be a whole number from {low} to {high}", name)
     return int(raw)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -92,9 +93,17 @@ def test_the_sends_cursor_round_trips_and_garbage_is_a_400_naming_it() -> None:
 
     assert created.isoformat() == send.created_at
     assert notification_id == send.id
-    with pytest.raises(InvalidRequest) as refused:
-        decode_cursor("bm90IGpzb24")
-    assert refused.value.field == "cursor"
+    forged = [
+        "bm90IGpzb24",  # not JSON
+        encode_cursor(dataclasses.replace(send, id="not-a-uuid")),
+        encode_cursor(dataclasses.replace(send, created_at="yesterday")),
+        "W1tdLCAxXQ",  # [[], 1]
+        "é",
+    ]
+    for cursor in forged:
+        with pytest.raises(InvalidRequest) as refused:
+            decode_cursor(cursor)
+        assert refused.value.field == "cursor", cursor
 
 
 def test_a_send_view_tells_audience_title_and_duration() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -66,8 +67,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, notification_id = json.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(created), str(notification_id)
-    except (ValueError, TypeError, binascii.Error):
+        return datetime.fromisoformat(created), str(uuid.UUID(notification_id))
+    except (ValueError, TypeError, AttributeError, binascii.Error):
         raise InvalidRequest("cursor must be a `next` value of a previous page", "cursor") from None
 
 
