@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ASL := $(wildcard statemachines/*.asl.json)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help install demo test test-fast lint format build clean
+.PHONY: help install demo test test-fast lint format build clean bench-gateway
 
 help:
 	@echo "make demo    seed 10,000 devices and send to them through the real state machine"
@@ -70,6 +70,10 @@ bench: $(STAMP)
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m bench --small --out .pushflow/bench-smoke.json
+
+# Status reads through the local API Gateway, 20 clients (target: 200 reads/s).
+bench-gateway: $(STAMP)
+	$(BIN)/python -m bench.gateway
 
 # The fault suite: real sends through the local runtime while Redis, PostgreSQL,
 # SNS and the functions fail at known points, plus 20 concurrent sends; prints

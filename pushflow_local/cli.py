@@ -12,17 +12,23 @@ import argparse
 import contextlib
 import json
 import signal
+import socket
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pushflow_local.runtime import LocalRuntime
 from pushflow_local.template import REPO_ROOT
 
+if TYPE_CHECKING:
+    from pushflow_local.server import LocalApiServer
+
 LOG_PATH = REPO_ROOT / ".pushflow" / "functions.log"
+# The command as the README runs it: the virtual environment's, which need not be on PATH.
+PUSHFLOW = ".venv/bin/pushflow"
 
 
 def _say(message: str) -> None:
@@ -151,14 +157,33 @@ def _print_sample(runtime: LocalRuntime) -> None:
         print(f"    {json.dumps(json.loads(outer[platform_key]), ensure_ascii=False)}")
 
 
+class CliError(Exception):
+    """A mistake in what was asked: one line on standard error, a non-zero exit."""
+
+
 def invoke(args: argparse.Namespace) -> int:
-    event = json.loads(Path(args.event).read_text()) if args.event else {}
-    with LocalRuntime(progress=_say, log_path=LOG_PATH) as runtime:
-        logical_id = _function_id(runtime, args.function)
+    # Everything that can be checked without the stack is checked before it starts.
+    logical_id = _function_id(args.function)
+    event = _read_event(args.event) if args.event else {}
+    from pushflow_local.cfn_response import ResponseUrlStandIn, is_custom_resource_request
+
+    with (
+        LocalRuntime(progress=_say, log_path=LOG_PATH) as runtime,
+        ResponseUrlStandIn() as cloudformation,
+    ):
         if args.sample_data:
-            from pushflow_local.demo import seed_sample_data
+            from pushflow_local.demo import (
+                seed_sample_data,
+                seed_sample_secrets,
+                with_sample_secret_arns,
+            )
 
             seed_sample_data(runtime)
+            event = with_sample_secret_arns(event, seed_sample_secrets(runtime))
+        if is_custom_resource_request(event):
+            # The sample's ResponseURL stands for CloudFormation's: answer here instead.
+            _say("the custom resource's answer goes to a local stand-in of CloudFormation")
+            event = cloudformation.redirect(event)
         try:
             result: Any = runtime.invoke(logical_id, event)
         except Exception as error:  # reported as Lambda reports it
@@ -168,62 +193,125 @@ def invoke(args: argparse.Namespace) -> int:
                 )
             )
             return 1
+        finally:
+            _wait_for_executions(runtime)
         print(json.dumps(result, indent=2, default=str))
+        for answer in cloudformation.answers:
+            print("CloudFormation would have received:")
+            print(json.dumps(answer, indent=2))
+            if answer.get("Status") != "SUCCESS":
+                return 1
         return 0
 
 
-def _function_id(runtime: LocalRuntime, name: str) -> str:
+# How long `invoke` lets a send it started run before the stack stops.
+EXECUTION_WAIT_SECONDS = 120.0
+
+
+def _wait_for_executions(runtime: LocalRuntime) -> None:
+    """Let executions the function started (ApiFunction sends) finish: stopping the
+    stack under a running one cuts it off mid-state, with moto's endpoint errors."""
+    sfn = runtime.client("stepfunctions")
+    running = sfn.list_executions(
+        stateMachineArn=runtime.state_machine_arn, statusFilter="RUNNING"
+    )["executions"]
+    for execution in running:
+        _say(f"waiting for execution {execution['name']} to finish")
+        finished = runtime.wait(execution["executionArn"], timeout=EXECUTION_WAIT_SECONDS)
+        _say(f"execution {execution['name']}: {finished['status']}")
+
+
+def _read_event(path: str) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CliError(f"no event file {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise CliError(f"cannot read event file {path}: {error}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CliError(f"event file {path} is not JSON: {error}") from None
+
+
+def _function_names() -> list[str]:
+    from pushflow_local.template import Template
+
+    return sorted(spec.logical_id for spec in Template().functions())
+
+
+def _function_id(name: str) -> str:
+    known = _function_names()
     for candidate in (name, f"{name}Function"):
-        if candidate in runtime.functions:
+        if candidate in known:
             return candidate
-    known = ", ".join(sorted(runtime.functions))
-    raise SystemExit(f"unknown function {name!r}; the template has: {known}")
+    raise CliError(f"unknown function {name!r}; the template has: {', '.join(known)}")
 
 
 def serve(args: argparse.Namespace) -> int:
     """The local stage on localhost until Ctrl-C; everything is stopped on the way out."""
     from pushflow_local.server import LocalApiServer
 
+    _check_port_free(args.host, args.port)
     stop = threading.Event()
     # `kill` (SIGTERM) stops as cleanly as Ctrl-C: PostgreSQL and Redis are children to stop.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with (
-        LocalRuntime(progress=_say, log_path=LOG_PATH) as runtime,
-        LocalApiServer(runtime, args.host, args.port, console=True) as api,
-    ):
-        # Sends with `send_at` and schedules: moto stores them, local mode fires them.
-        runtime.fire_schedules_continuously()
-        # Sends whose execution ended without Finalize: the template's reconciler.
-        runtime.reconcile_sends_continuously()
-        url = api.url
-        send = json.dumps(
-            {
-                "category": "news",
-                "audience": {"type": "users", "external_ids": ["alice"]},
-                "content": {"title": "Hello", "body": "From the local API"},
-            }
-        )
-        print(
-            f"""
+    with LocalRuntime(progress=_say, log_path=LOG_PATH) as runtime:
+        try:
+            api = LocalApiServer(runtime, args.host, args.port, console=True)
+            api.start()
+        except OSError as error:  # taken since the check above
+            raise CliError(f"cannot serve on {args.host}:{args.port}: {error.strerror}") from None
+        try:
+            return _serve(runtime, api, stop)
+        finally:
+            api.stop()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Before the stack's seconds of start-up: is the port ours to take?"""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise CliError(f"cannot serve on {host}:{port}: {reason}") from None
+
+
+def _serve(runtime: LocalRuntime, api: LocalApiServer, stop: threading.Event) -> int:
+    # Sends with `send_at` and schedules: moto stores them, local mode fires them.
+    runtime.fire_schedules_continuously()
+    # Sends whose execution ended without Finalize: the template's reconciler.
+    runtime.reconcile_sends_continuously()
+    url = api.url
+    send = json.dumps(
+        {
+            "category": "news",
+            "audience": {"type": "users", "external_ids": ["alice"]},
+            "content": {"title": "Hello", "body": "From the local API"},
+        }
+    )
+    print(
+        f"""
 Pushflow API on {url}  (requests and executions are logged below)
 Console:                  {url.rsplit("/", 1)[0]}/console
 API key (backend routes): {api.api_key}
-User token (/v1/me/...):   pushflow local token --user alice
+User token (/v1/me/...):   {PUSHFLOW} local token --user alice
 Function logs:            {LOG_PATH.relative_to(REPO_ROOT)}
 
   curl {url}/health
-  curl -X PUT {url}/v1/me/devices -H "Authorization: $(pushflow local token --user alice)" \\
+  curl -X PUT {url}/v1/me/devices -H "Authorization: $({PUSHFLOW} local token --user alice)" \\
        -H 'Content-Type: application/json' -d '{{"platform": "android", "token": "{"f" * 40}"}}'
   curl -X POST {url}/v1/notifications -H 'x-api-key: {api.api_key}' \\
        -H 'Content-Type: application/json' -d '{send}'
 
 Ctrl-C stops the API, the runtime and the local servers.
 """,
-            flush=True,
-        )
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
-        _say("stopping")
+        flush=True,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    _say("stopping")
     return 0
 
 
@@ -261,20 +349,51 @@ def redrive(args: argparse.Namespace) -> int:
         return 1
 
 
+def key(args: argparse.Namespace) -> int:
+    from pushflow_local.auth import load_credentials
+
+    print(load_credentials().api_key)
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (its usage is in `--help`)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pushflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo_parser = commands.add_parser("demo", help="seed an audience and send to it")
     demo_parser.add_argument(
-        "--recipients", type=int, default=10_000, help="devices to send to (default 10,000)"
+        "--recipients", type=_positive, default=10_000, help="devices to send to (default 10,000)"
     )
     demo_parser.set_defaults(run=demo)
 
-    invoke_parser = commands.add_parser("invoke", help="run one function's handler locally")
-    invoke_parser.add_argument("function", help="logical id in template.yaml, e.g. Prepare")
+    invoke_parser = commands.add_parser(
+        "invoke",
+        help="run one function's handler locally",
+        description="Run one function's handler against a fresh local stack.",
+        epilog="functions in template.yaml: " + ", ".join(_function_names()),
+    )
+    invoke_parser.add_argument(
+        "function", help="logical id in template.yaml (the Function suffix may be left out)"
+    )
     invoke_parser.add_argument("-e", "--event", help="event file, e.g. events/prepare.json")
     invoke_parser.add_argument(
         "--sample-data",
@@ -290,14 +409,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve", help="serve the API (API Gateway and ApiFunction) until Ctrl-C"
     )
     serve_parser.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
-    serve_parser.add_argument("--port", type=int, default=3000, help="default 3000; 0: any free")
+    serve_parser.add_argument("--port", type=_port, default=3000, help="default 3000; 0: any free")
     serve_parser.set_defaults(run=serve)
     token_parser = local_commands.add_parser(
         "token", help="print an end-user token (the Authorization header of /v1/me/...)"
     )
     token_parser.add_argument("--user", required=True, help="the user's id (the token's sub)")
     token_parser.add_argument(
-        "--ttl", type=int, default=3600, help="seconds the token is valid (default 3600)"
+        "--ttl", type=_positive, default=3600, help="seconds the token is valid (default 3600)"
     )
     token_parser.set_defaults(run=token)
     redrive_parser = local_commands.add_parser(
@@ -308,14 +427,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--url", default="http://127.0.0.1:3000", help="the local API (default port 3000)"
     )
     redrive_parser.set_defaults(run=redrive)
+    key_parser = local_commands.add_parser(
+        "key", help="print the backend API key (the x-api-key header of backend routes)"
+    )
+    key_parser.set_defaults(run=key)
 
     args = parser.parse_args(argv)
     try:
         result: int = args.run(args)
+    except CliError as error:
+        print(f"pushflow: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted; local servers stopped", file=sys.stderr)
         return 130
     return result
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0 to 65535)")
+    return value
 
 
 if __name__ == "__main__":

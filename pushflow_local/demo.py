@@ -113,6 +113,40 @@ def seed_demo(
 
 
 SAMPLE_NOTIFICATION_ID = "7b1f6f0e-3c1d-4d3e-9a55-2f1c0c7e8a10"
+SAMPLE_DEVICES_LAST_SEEN = "2025-06-01T00:00:00Z"
+
+
+# The secrets events/platform_application_*.json name (Secrets Manager finds a secret
+# by its full ARN, whose last six characters are random, through its name).
+SAMPLE_SECRETS = {
+    "pushflow/dev/fcm-service-account": {
+        "type": "service_account",
+        "project_id": "pushflow-sample",
+        "private_key": "-----BEGIN PRIVATE KEY-----\nnot-a-real-key\n-----END PRIVATE KEY-----\n",
+        "client_email": "pushflow@pushflow-sample.iam.gserviceaccount.com",
+    },
+}
+
+
+def seed_sample_secrets(runtime: LocalRuntime) -> dict[str, str]:
+    """Create the sample secrets; their ARNs by name (the suffix is Secrets Manager's)."""
+    secrets = runtime.client("secretsmanager")
+    return {
+        name: secrets.create_secret(Name=name, SecretString=json.dumps(value))["ARN"]
+        for name, value in SAMPLE_SECRETS.items()
+    }
+
+
+def with_sample_secret_arns(event: Any, arns: dict[str, str]) -> Any:
+    """A custom-resource sample with its secret's ARN as created locally: the sample
+    names the secret by a full ARN whose random suffix no other stack can have."""
+    properties = event.get("ResourceProperties") if isinstance(event, dict) else None
+    sample_arn = (properties or {}).get("CredentialsSecretArn", "")
+    name = sample_arn.partition(":secret:")[2].rpartition("-")[0]
+    if name not in arns:
+        return event
+    replaced = {**(properties or {}), "CredentialsSecretArn": arns[name]}
+    return {**event, "ResourceProperties": replaced}
 
 
 def seed_sample_data(runtime: LocalRuntime) -> None:
@@ -155,6 +189,13 @@ def seed_sample_data(runtime: LocalRuntime) -> None:
                 arn=endpoint.arn,
                 id=device.device_id,
             )
+    # Registered before the token-lifecycle samples' events (June 2025): SNS events
+    # older than a device's last registration are stale and left alone.
+    runtime.services.repository.run(
+        "UPDATE devices SET last_seen_at = CAST(:at AS timestamptz) WHERE id = ANY(:ids)",
+        at=SAMPLE_DEVICES_LAST_SEEN,
+        ids=[device.device_id for device in devices],
+    )
     runtime.services.repository.run(
         "INSERT INTO notifications (id, request_hash, request, category, status)"
         " VALUES (CAST(:id AS uuid), 'sample', CAST(:request AS jsonb), :category, 'accepted')",

@@ -15,18 +15,20 @@ import base64
 import json
 import re
 import secrets
+import socket
 import sys
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO
 from urllib.parse import parse_qsl, unquote
+
+from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from pushflow.domain.errors import InvalidRequest
 from pushflow.validation import openapi, validate
@@ -63,6 +65,7 @@ GATEWAY_DEFAULTS: dict[str, tuple[int, str, str]] = {
     "REQUEST_TOO_LARGE": (413, "Request Too Long", "RequestTooLongException"),
     "THROTTLED": (429, "Too Many Requests", "TooManyRequestsException"),
     "QUOTA_EXCEEDED": (429, "Limit Exceeded", "LimitExceededException"),
+    "DEFAULT_4XX": (400, "Bad Request", "BadRequestException"),
     "DEFAULT_5XX": (500, "Internal server error", "InternalServerErrorException"),
 }
 
@@ -293,9 +296,13 @@ class LocalGateway:
         self.function = function
         # Keys minted at start for the console (key -> key id), besides the backends' key.
         self.operator_keys: dict[str, str] = {}
-        # Powertools' resolver keeps the current event on the module's `app`, and a
-        # Lambda instance serves one event at a time: so does the local one.
-        self._invoke_lock = threading.Lock()
+        # Query parameters the document declares: the only ones whose values are logged.
+        self.query_names = frozenset(
+            parameter["name"]
+            for operation in self.operations
+            for parameter in operation.parameters
+            if parameter.get("in") == "query"
+        )
         # Where the request and execution lines go; None: standard error.
         self.log: TextIO | None = None
         self.quiet = False
@@ -522,8 +529,9 @@ class LocalGateway:
 
     def _integrate(self, event: dict[str, Any], request_id: str) -> GatewayAnswer:
         try:
-            with self._invoke_lock:
-                result = self.runtime.invoke(self.function, event)
+            # Concurrent requests run ApiFunction at once, as concurrent Lambda
+            # instances would: its resolver keeps each request's state per thread.
+            result = self.runtime.invoke(self.function, event)
             answer = self._proxy_answer(result)
         except Exception:
             self._say(f"{self.function} failed on request {request_id}:\n{traceback.format_exc()}")
@@ -591,100 +599,163 @@ class LocalGateway:
 
 
 # -- HTTP -------------------------------------------------------------------------------
+#
+# werkzeug's threaded WSGI server does the HTTP framing (it is what `sam local
+# start-api` runs on, through Flask, and moto already depends on it). Framing
+# faults it leaves to the application (a bad chunk size, a Content-Length of
+# `-1` or `abc`, a body shorter than announced) and the ones it answers itself
+# (a malformed request line) are all answered here in API Gateway's JSON shape.
+
+# Connections waiting to be accepted: a burst of clients must queue, not be reset.
+LISTEN_BACKLOG = 1024
+# A client that stops sending mid-request is answered (or dropped) after this.
+READ_TIMEOUT_SECONDS = 30.0
+
+_StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _HttpServer
-    protocol_version = "HTTP/1.1"
+class _BadFraming(Exception):
+    """The request's framing is broken: answered 400, and the connection closed."""
 
-    def _serve(self) -> None:
+
+def _request_body(environ: Mapping[str, Any]) -> tuple[bytes, bool]:
+    """The body, and False when it is over API Gateway's limit (not kept in memory)."""
+    stream = environ["wsgi.input"]
+    try:
+        if environ.get("wsgi.input_terminated"):  # chunked: werkzeug decodes the chunks
+            body = stream.read(MAX_REQUEST_BYTES + 1)
+            return (b"", False) if len(body) > MAX_REQUEST_BYTES else (body, True)
+        declared = environ.get("CONTENT_LENGTH") or ""
+        if not declared:
+            return b"", True
+        if not declared.isdigit():
+            raise _BadFraming(f"Content-Length {declared[:20]!r} is not a length")
+        length = int(declared)
+        if length > MAX_REQUEST_BYTES:
+            return b"", False  # werkzeug drains what was sent after the answer
+        body = stream.read(length)
+    except OSError as error:  # a bad chunk header, a timeout, a connection reset
+        raise _BadFraming(f"the body could not be read: {error}") from None
+    if len(body) < length:
+        raise _BadFraming("the body is shorter than its Content-Length")
+    return body, True
+
+
+def _request_headers(environ: Mapping[str, Any]) -> list[tuple[str, str]]:
+    headers = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            headers.append((key[5:].replace("_", "-").title(), value))
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+            headers.append((key.replace("_", "-").title(), value))
+    return headers
+
+
+class _GatewayApp:
+    """The WSGI application: each request through the gateway, every answer its JSON."""
+
+    def __init__(self, gateway: LocalGateway, console: console_app.Console | None = None) -> None:
+        self.gateway = gateway
+        self.console = console
+
+    def __call__(self, environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
+        if self.console is not None and console_app.claims(environ.get("PATH_INFO", "")):
+            return self.console(environ, start_response)  # the console, mounted at /console
         started = time.monotonic()
-        gateway = self.server.gateway
-        body, complete = self._read_body()
-        request = GatewayRequest(
-            method=self.command,
-            raw_path=self.path,
-            headers=list(self.headers.items()),
-            body=body,
-            source_ip=self.client_address[0],
-        )
-        console = self.server.console
-        if complete and console is not None and console_app.claims(self.path):
-            answer = GatewayAnswer(
-                *console_app.answer(console, self.command, self.path, request.headers, body)
-            )
-        elif not complete:
+        gateway = self.gateway
+        raw_path = environ.get("RAW_URI") or environ.get("PATH_INFO", "/")
+        method = environ.get("REQUEST_METHOD", "GET")
+        close = False
+        try:
+            body, complete = _request_body(environ)
+        except _BadFraming as error:
             answer = gateway.gateway_response(
-                GatewayRefusal("REQUEST_TOO_LARGE"), request.request_id
+                GatewayRefusal("DEFAULT_4XX", str(error)), str(uuid.uuid4())
             )
-            self.close_connection = True
+            close = True
         else:
-            try:
-                answer = gateway.handle(request)
-            except Exception:  # a fault of the local gateway itself: answer, and say why
-                gateway._say(f"the local gateway failed:\n{traceback.format_exc()}")
-                answer = gateway.gateway_response(GatewayRefusal("DEFAULT_5XX"), request.request_id)
-        self._write(answer)
+            request = GatewayRequest(
+                method=method,
+                raw_path=raw_path,
+                headers=_request_headers(environ),
+                body=body,
+                source_ip=environ.get("REMOTE_ADDR", "127.0.0.1"),
+            )
+            if not complete:
+                answer = gateway.gateway_response(
+                    GatewayRefusal("REQUEST_TOO_LARGE"), request.request_id
+                )
+                close = True
+            else:
+                try:
+                    answer = gateway.handle(request)
+                except Exception:  # a fault of the local gateway itself: answer, and say why
+                    gateway._say(f"the local gateway failed:\n{traceback.format_exc()}")
+                    answer = gateway.gateway_response(
+                        GatewayRefusal("DEFAULT_5XX"), request.request_id
+                    )
+        skipped = {"content-length", "transfer-encoding", "connection", "date", "server"}
+        headers = [(name, value) for name, value in answer.headers if name.lower() not in skipped]
+        headers.append(("Content-Length", str(len(answer.body))))
+        if close:
+            headers.append(("Connection", "close"))
+        start_response(f"{answer.status} {_reason(answer.status)}", headers)
         gateway._say(
-            f"[api] {self.command} {_loggable(self.path)} {answer.status} "
+            f"[api] {method} {_loggable(raw_path, gateway.query_names)} {answer.status} "
             f"{(time.monotonic() - started) * 1000:.0f}ms"
         )
+        return [] if method == "HEAD" else [answer.body]
 
-    def _read_body(self) -> tuple[bytes, bool]:
-        """The body, and False when it is over API Gateway's limit (not kept in memory)."""
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                length = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if length == 0:
-                    self.rfile.readline()  # the blank line after the last chunk
-                    break
-                size += length
-                chunk = self.rfile.read(length)
-                self.rfile.readline()
-                if size <= MAX_REQUEST_BYTES:
-                    chunks.append(chunk)
-            return b"".join(chunks), size <= MAX_REQUEST_BYTES
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = 0
-        if length > MAX_REQUEST_BYTES:
-            # Drain it so the client can read the answer, a block at a time.
-            left = length
-            while left > 0:
-                read = self.rfile.read(min(left, 1 << 20))
-                if not read:
-                    break
-                left -= len(read)
-            return b"", False
-        return self.rfile.read(length) if length else b"", True
 
-    def _write(self, answer: GatewayAnswer) -> None:
-        self.send_response_only(answer.status, _reason(answer.status))
-        self.send_header("Date", self.date_time_string())
-        skipped = {"content-length", "transfer-encoding", "connection", "date"}
+class _RequestHandler(WSGIRequestHandler):
+    """werkzeug's handler, with what API Gateway would not show changed."""
+
+    timeout = READ_TIMEOUT_SECONDS
+
+    def version_string(self) -> str:
+        return "Pushflow local API Gateway"
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """A request werkzeug could not parse (request line, headers): still JSON."""
+        gateway: LocalGateway = self.server.app.gateway  # type: ignore[attr-defined]
+        answer = gateway.gateway_response(
+            GatewayRefusal("DEFAULT_4XX", _reason(code) or "Bad Request"), str(uuid.uuid4())
+        )
+        self.close_connection = True
+        # A line too broken to name its version is answered with a status line anyway.
+        self.request_version = "HTTP/1.1"
+        self.send_response_only(code, _reason(code))
         for name, value in answer.headers:
-            if name.lower() not in skipped:
-                self.send_header(name, value)
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(answer.body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
+        self.send_header("Connection", "close")
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
             self.wfile.write(answer.body)
 
-    do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # the application writes one line per request, without secrets
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # one line per request is written by _serve instead
+    def log_error(self, format: str, *args: Any) -> None:
+        pass  # what a client got wrong is in its answer, not the server's log
 
 
-def _loggable(text: str) -> str:
-    """The request line's path with control characters escaped: a client must not be
-    able to write terminal escape sequences (or fake lines) into the server's log."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+class _HttpServer(ThreadedWSGIServer):
+    daemon_threads = True
+
+
+def _loggable(raw_path: str, query_names: frozenset[str] = frozenset()) -> str:
+    """The request line's path for the log: control characters escaped (a client must
+    not write terminal escapes or fake lines into the log), and the value of every query
+    parameter the document does not declare hidden (an API key sent as `?api_key=`)."""
+    path, mark, query = raw_path.partition("?")
+    if mark:
+        shown = []
+        for pair in query.split("&"):
+            name, equals, _ = pair.partition("=")
+            shown.append(pair if unquote(name) in query_names else f"{name}{equals and '=***'}")
+        path = f"{path}?{'&'.join(shown)}"
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in path)
 
 
 def _reason(status: int) -> str:
@@ -692,12 +763,6 @@ def _reason(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return ""
-
-
-class _HttpServer(ThreadingHTTPServer):
-    daemon_threads = True
-    gateway: LocalGateway
-    console: console_app.Console | None = None
 
 
 # -- executions ----------------------------------------------------------------------------
@@ -808,9 +873,17 @@ class LocalApiServer:
         return self.credentials.mint_token(sub, **claims)
 
     def start(self) -> None:
-        self._http = _HttpServer(self._address, _Handler)
-        self._http.gateway = self.gateway
-        self._http.console = self.console
+        # Bound here, not by werkzeug: a busy port is an OSError for the caller to report
+        # (werkzeug would print and exit), and the backlog is ours to choose.
+        with socket.create_server(self._address, backlog=LISTEN_BACKLOG) as listening:
+            host, port = listening.getsockname()[:2]
+            self._http = _HttpServer(
+                host,
+                port,
+                _GatewayApp(self.gateway, self.console),
+                handler=_RequestHandler,
+                fd=listening.fileno(),
+            )
         self._thread = threading.Thread(
             target=self._http.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
         )

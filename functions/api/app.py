@@ -8,12 +8,14 @@ same OpenAPI document API Gateway validates with.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from datetime import timedelta
 from typing import Any
 
-from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler import Response
 
 from pushflow.domain import monitoring, registration, scheduling, send_ends, sending
 from pushflow.domain.categories import CATEGORIES
@@ -24,14 +26,18 @@ from pushflow.domain.errors import (
     NotFound,
     TransientError,
     Unauthorized,
+    UnsupportedEvent,
 )
 from pushflow.domain.models import NotificationStatus, Outcome
+from pushflow.event_shapes import require
 from pushflow.handler import task
+from pushflow.http_resolver import ThreadSafeRestResolver
 from pushflow.observability import logger
 from pushflow.services import Services
 from pushflow.validation import check_parameter, max_body_bytes, validate
 
-app = APIGatewayRestResolver()
+# Thread-safe so that the local API Gateway can serve concurrent requests in one process.
+app = ThreadSafeRestResolver()
 
 Body = dict[str, Any]
 
@@ -56,10 +62,20 @@ def _json(status: int, body: Any) -> Response[Any]:
     return Response(status_code=status, content_type="application/json", body=json.dumps(body))
 
 
+# An answer never carries the request back: messages and field paths may quote
+# what the client sent (a key, a value), so each is cut to a size worth reading.
+MAX_MESSAGE_CHARS = 300
+MAX_FIELD_CHARS = 200
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _error(status: int, code: str, message: str, field: str | None = None) -> Response[Any]:
-    body = {"error": code, "message": message}
+    body = {"error": code, "message": _bounded(message, MAX_MESSAGE_CHARS)}
     if field:
-        body["field"] = field
+        body["field"] = _bounded(field, MAX_FIELD_CHARS)
     return _json(status, body)
 
 
@@ -75,7 +91,8 @@ def unsupported_media_type(error: UnsupportedMediaType) -> Response[Any]:
 
 @app.exception_handler(InvalidRequest)  # type: ignore[untyped-decorator]
 def invalid_request(error: InvalidRequest) -> Response[Any]:
-    return _error(400, "invalid_request", error.message, error.field)
+    # Every 400 names a field; a fault of the body as a whole is the `request`.
+    return _error(400, "invalid_request", error.message, error.field or "request")
 
 
 @app.exception_handler(Unauthorized)  # type: ignore[untyped-decorator]
@@ -140,7 +157,7 @@ def _backend() -> None:
 
 def _body(schema: str) -> Body:
     _require_json_content_type()
-    raw = app.current_event.body or ""
+    raw = _raw_body()
     if len(raw.encode("utf-8", errors="surrogatepass")) > max_body_bytes():
         raise PayloadTooLarge(f"the body is larger than {max_body_bytes()} bytes")
     try:
@@ -148,12 +165,29 @@ def _body(schema: str) -> Body:
         # PostgreSQL's jsonb refuses them: a 400 here, not a 500 at the INSERT.
         document = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
     except RecursionError:
-        raise InvalidRequest(f"the body is nested deeper than {MAX_BODY_DEPTH} levels") from None
+        raise InvalidRequest(
+            f"the body is nested deeper than {MAX_BODY_DEPTH} levels", "request"
+        ) from None
     except ValueError:
-        raise InvalidRequest("the body is not valid JSON") from None
+        raise InvalidRequest("the body is not valid JSON", "request") from None
     _check_shape(document)
     validated: Body = dict(validate(schema, document))
     return validated
+
+
+def _raw_body() -> str:
+    """The body as text; API Gateway sends a binary one base64-encoded and says so."""
+    event = app.current_event
+    raw = event.body or ""
+    if not event.is_base64_encoded:
+        return raw
+    # Base64 is 4/3 of the bytes: refuse what cannot fit before decoding it.
+    if len(raw) > max_body_bytes() * 4 // 3 + 4:
+        raise PayloadTooLarge(f"the body is larger than {max_body_bytes()} bytes")
+    try:
+        return base64.b64decode(raw, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("the body is not valid base64-encoded UTF-8", "request") from None
 
 
 def _require_json_content_type() -> None:
@@ -164,13 +198,13 @@ def _require_json_content_type() -> None:
 
 
 def _not_json(constant: str) -> Any:
-    raise InvalidRequest(f"the body is not valid JSON: {constant} is not a JSON number")
+    raise InvalidRequest(f"the body is not valid JSON: {constant} is not a JSON number", "request")
 
 
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise InvalidRequest(f"the body is not valid JSON: {text[:40]} is out of range")
+        raise InvalidRequest(f"the body is not valid JSON: {text[:40]} is out of range", "request")
     return value
 
 
@@ -348,18 +382,26 @@ def send_notification() -> Response[Any]:
         notification, created = sending.submit(
             request, services.repository, services.workflow, idempotency_key=key
         )
-    return _json(202 if created else 200, notification.to_dict())
+    answer = notification.to_dict()
+    unknown = registration.unknown_external_ids(request, services.repository)
+    if unknown is not None:
+        # Unknown users are not an error (they may be created later) but not silent either.
+        answer["unknown_external_ids"] = unknown
+    return _json(202 if created else 200, answer)
 
 
 @app.get("/v1/notifications/<notification_id>")
 def get_notification(notification_id: str) -> Response[Any]:
     _backend()
-    return _json(200, _services().repository.get_notification(notification_id).to_dict())
+    notification_id = _path("notification_id", notification_id)
+    notification = registration.notification_view(notification_id, _services().repository)
+    return _json(200, notification.to_dict())
 
 
 @app.get("/v1/notifications/<notification_id>/deliveries")
 def list_deliveries(notification_id: str) -> Response[Any]:
     _backend()
+    notification_id = _path("notification_id", notification_id)
     query = app.current_event.query_string_parameters or {}
     try:
         limit = int(query.get("limit", 100))
@@ -381,6 +423,7 @@ def list_deliveries(notification_id: str) -> Response[Any]:
 @app.post("/v1/notifications/<notification_id>/cancel")
 def cancel_notification(notification_id: str) -> Response[Any]:
     _backend()
+    notification_id = _path("notification_id", notification_id)
     notification = registration.cancel(notification_id, _services().repository)
     return _json(202, notification.to_dict())
 
@@ -437,6 +480,7 @@ def list_schedules() -> Response[Any]:
 @app.get("/v1/schedules/<schedule_id>")
 def get_schedule(schedule_id: str) -> Response[Any]:
     _backend()
+    schedule_id = _path("schedule_id", schedule_id)
     services = _services()
     return _json(
         200, scheduling.schedule_view(schedule_id, services.repository, services.clock.now())
@@ -446,6 +490,7 @@ def get_schedule(schedule_id: str) -> Response[Any]:
 @app.delete("/v1/schedules/<schedule_id>")
 def cancel_schedule(schedule_id: str) -> Response[Any]:
     _backend()
+    schedule_id = _path("schedule_id", schedule_id)
     services = _services()
     scheduling.cancel_schedule(schedule_id, services.repository, services.scheduler)
     return _json(
@@ -520,10 +565,29 @@ def get_user(external_id: str) -> Response[Any]:
     return _json(200, view)
 
 
+def _rest_proxy_event(event: Any) -> dict[str, Any]:
+    """The event as API Gateway's REST proxy sends it, or a named error saying what it is."""
+    if isinstance(event, dict) and (event.get("version") == "2.0" or "routeKey" in event):
+        raise UnsupportedEvent(
+            "ApiFunction takes API Gateway REST proxy events (payload format 1.0), "
+            "not HTTP API (payload format 2.0) events",
+            "version",
+        )
+    if isinstance(event, dict) and "methodArn" in event:
+        raise UnsupportedEvent(
+            "ApiFunction takes API Gateway REST proxy events, not authorizer events", "methodArn"
+        )
+    checked = require(
+        event, "ApiFunction", httpMethod=str, path=str, resource=str, requestContext=dict
+    )
+    return dict(checked)
+
+
 @task
 def lambda_handler(event: dict[str, Any], services: Services) -> dict[str, Any]:
+    rest_event = _rest_proxy_event(event)
     app.append_context(services=services)  # type: ignore[no-untyped-call]
-    return app.resolve(event, _NO_CONTEXT)
+    return app.resolve(rest_event, _NO_CONTEXT)
 
 
 class _NoContext:

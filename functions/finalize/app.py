@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pushflow.domain import sending
+from pushflow.event_shapes import require
 from pushflow.handler import task
 from pushflow.observability import MetricUnit, metrics
 from pushflow.services import Services
@@ -12,6 +13,7 @@ from pushflow.services import Services
 
 @task
 def lambda_handler(event: dict[str, Any], services: Services) -> dict[str, Any]:
+    require(event, "Finalize", notification_id=(str, type(None)))
     notification = sending.finalize(event, services.repository)
     if notification is None:
         return {"notification_id": None}

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from pushflow.domain import sending
+from pushflow.event_shapes import require
 from pushflow.handler import task
 from pushflow.services import Services
 
 
 @task
 def lambda_handler(event: dict[str, Any], services: Services) -> dict[str, Any]:
+    require(event, "PlanDeferred", notification_id=(str, type(None)), execution_arn=str)
     return sending.plan_deferred(
         event,
         services.repository,

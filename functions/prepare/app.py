@@ -7,12 +7,14 @@ from functools import partial
 from typing import Any
 
 from pushflow.domain import scheduling, sending
+from pushflow.event_shapes import require
 from pushflow.handler import task
 from pushflow.services import Services
 
 
 @task
 def lambda_handler(event: dict[str, Any], services: Services) -> dict[str, Any]:
+    require(event, "Prepare", firing=dict, execution_arn=str)
     return sending.prepare(
         event,
         services.repository,

@@ -11,6 +11,7 @@ from typing import Any
 
 from pushflow.adapters.device_lifecycle import DeviceLifecycleStore
 from pushflow.domain import token_lifecycle
+from pushflow.event_shapes import require
 from pushflow.handler import task
 from pushflow.observability import MetricUnit, logger, metrics
 from pushflow.services import Services
@@ -18,6 +19,7 @@ from pushflow.services import Services
 
 @task
 def lambda_handler(event: dict[str, Any], services: Services) -> dict[str, int]:
+    require(event, "TokenLifecycle", Records=list)
     events, unreadable = token_lifecycle.parse_sns_event(event)
     for problem in unreadable:
         logger.warning("unreadable endpoint event", extra={"problem": problem})

@@ -321,11 +321,10 @@ def test_deliveries_tell_the_variant_and_title_each_user_got(
 ) -> None:
     notification = finished["notification_id"]
     page = call(api, "GET", f"/v1/notifications/{notification}/deliveries?limit=1000")
-    got = {d["user_external_id"]: (d["variant"], d["title"]) for d in page["deliveries"]}
+    got = {d["user_external_id"]: (d["content_locale"], d["title"]) for d in page["deliveries"]}
 
     assert got["console-000"] == ("de", "Konsolenprobe")  # de-AT falls back to de
     assert got["console-001"] == ("default", "Console check")
-    assert "attributes" not in page["deliveries"][0]
 
 
 def test_a_user_shows_devices_preferences_caps_and_recent_deliveries(
@@ -356,7 +355,7 @@ def test_a_user_shows_devices_preferences_caps_and_recent_deliveries(
         finished["notification_id"],
         "sent",
     )
-    assert (delivery["variant"], delivery["title"]) == ("de", "Konsolenprobe")
+    assert (delivery["content_locale"], delivery["title"]) == ("de", "Konsolenprobe")
 
     # WHEN an operator opens the user from a delivery's link
     page.goto(console_url(api) + f"#/sends/{finished['notification_id']}/deliveries")

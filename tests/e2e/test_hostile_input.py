@@ -43,6 +43,8 @@ TABLES = (
     "schedule_runs",
 )
 SQL_METACHARACTERS = ("'; DROP TABLE users; --", "%", "_", "\\")
+# The path and query parameters a refusal may name.
+PARAMETERS = {"external_id", "topic", "notification_id", "schedule_id", "limit", "after"}
 
 
 # -- fixtures and helpers ---------------------------------------------------------------------
@@ -302,12 +304,29 @@ def test_nesting_past_the_limit_inside_free_form_data_is_refused_with_400(
     assert "nested" in body["message"]
 
 
-def test_nesting_within_the_limit_is_taken(client: Client) -> None:
+def _nested(levels: int) -> Any:
     deep: Any = "leaf"
-    for _ in range(20):
+    for _ in range(levels):
         deep = {"k": deep}
-    answer = client.send(valid_send(data={"k": deep}))
+    return deep
+
+
+def test_nesting_within_the_limit_is_taken(client: Client) -> None:
+    # A `data` value may nest four levels (the document's DataValue4).
+    answer = client.send(valid_send(data={"k": _nested(4)}))
     assert answer.status == 202, answer.raw
+
+
+def test_data_nested_past_the_documented_limit_is_refused_naming_the_field(
+    client: Client,
+) -> None:
+    body = refused(
+        client.server.runtime,
+        lambda: client.send(valid_send(data={"k": _nested(5)})),
+        status=400,
+        case="data nested five levels",
+    )
+    assert body["field"].startswith("content.data.k"), body
 
 
 HUGE_BODIES = {
@@ -627,7 +646,12 @@ def test_sql_metacharacters_in_path_query_and_header_parameters(client: Client) 
             answer = attempt()
             assert answer.status < 500, (payload, answer.raw[:300])
             if answer.status >= 400:
-                assert_error(answer, answer.status)
+                # Not any 4xx: a parameter that breaks its pattern is a 400 naming it
+                # (a device id that is no id is simply no such device: 404).
+                error = assert_error(answer, answer.status)
+                assert answer.status in (400, 404), (payload, answer.status, error)
+                if answer.status == 400:
+                    assert error.get("field") in PARAMETERS, (payload, error)
                 assert fingerprint(runtime) == before, payload
             else:
                 # Only what the parameter's pattern allows gets through (`_` is a

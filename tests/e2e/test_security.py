@@ -261,10 +261,21 @@ def _forged(credentials: LocalCredentials, sub: str) -> dict[str, str]:
 
 def test_forged_tokens_are_refused(client: Client, credentials: LocalCredentials) -> None:
     anna = new_user()
-    client.register(anna)
+    registered = client.register(anna)
+    assert registered.status == 201, registered.raw
+    # Anna's own token reads her device: the route and the data are there to leak.
+    genuine = client.request("GET", "/v1/me/devices", token=credentials.mint_token(anna))
+    assert [d["device_id"] for d in genuine.body["devices"]] == [registered.body["device_id"]]
     for case, token in _forged(credentials, anna).items():
         answer = client.request("GET", "/v1/me/devices", token=token)
-        assert answer.status == 401, case
+        body = assert_error(answer, 401, "unauthorized")
+        assert "devices" not in body, case
+        assert registered.body["device_id"] not in answer.raw.decode(), case
+        # nor may a forged token write as Anna
+        write = client.request("PUT", "/v1/me/topics/forged", token=token)
+        assert_error(write, 401, "unauthorized")
+    topics = client.request("GET", "/v1/me/topics", token=credentials.mint_token(anna))
+    assert topics.body["topics"] == []
 
 
 # -- secrets and tokens in logs ---------------------------------------------------------------

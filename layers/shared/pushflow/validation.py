@@ -96,7 +96,7 @@ def check_parameter(name: str, value: str) -> str:
     """A path/query parameter against its pattern (API Gateway does not check patterns)."""
     pattern = _parameter_patterns().get(name)
     if pattern is not None and not re.search(pattern, value):
-        raise InvalidRequest(f"{name} {value!r} does not match {pattern}", name)
+        raise InvalidRequest(f"{name} {_bounded(repr(value))} does not match {pattern}", name)
     return value
 
 
@@ -117,8 +117,32 @@ def _explain(error: ValidationError, prefix: Sequence[Any] = ()) -> InvalidReque
         allowed = error.schema.get("properties", {})
         name = next((n for n in instance if n not in allowed), None)
         return InvalidRequest(f"unknown field {_join(path, name)!r}", _join(path, name))
-    field = _join(path)
-    return InvalidRequest(f"{field or 'request'}: {error.message}", field or None)
+    if error.validator == "oneOf" and _exactly_one_of(error.validator_value):
+        # `oneOf: [{required: [a]}, {required: [b]}]`: exactly one of the fields a, b.
+        names = [branch["required"][0] for branch in error.validator_value]
+        given = [name for name in names if name in instance]
+        field = _join(path, (given or names)[0])
+        return InvalidRequest(f"give exactly one of {' and '.join(names)}", field)
+    field = _join(path) or "request"
+    return InvalidRequest(f"{field}: {_bounded(error.message)}", field)
+
+
+def _exactly_one_of(branches: Any) -> bool:
+    return isinstance(branches, list) and all(
+        isinstance(branch, Mapping) and set(branch) == {"required"} and len(branch["required"]) == 1
+        for branch in branches
+    )
+
+
+# jsonschema's messages quote the offending value: a 60 KiB string would come back
+# whole in the answer. Enough of it to recognise, never the input itself.
+MAX_MESSAGE_CHARS = 200
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
 def _discriminated(error: ValidationError) -> ValidationError | None:
@@ -143,13 +167,15 @@ def _explain_branch(error: ValidationError) -> InvalidRequest:
     path = list(error.absolute_path)
     if isinstance(error.instance, dict) and name not in error.instance:
         return InvalidRequest(f"missing required field {_join(path, name)!r}", _join(path, name))
-    if not isinstance(error.instance, dict) or error.instance.get(name) not in mapping:
+    chosen = error.instance.get(name) if isinstance(error.instance, dict) else None
+    # Any JSON value may stand there: only a string can name a branch (and be hashed).
+    if not isinstance(chosen, str) or chosen not in mapping:
         field = _join(path, name)
         return InvalidRequest(f"{field} must be one of {', '.join(sorted(mapping))}", field)
-    branch = mapping[error.instance[name]].rsplit("/", 1)[-1]
+    branch = mapping[chosen].rsplit("/", 1)[-1]
     inner = best_match(validator(branch).iter_errors(error.instance))
     if inner is None:  # valid for its branch yet not oneOf: matches two branches
-        return InvalidRequest(f"{_join(path) or 'request'} is ambiguous", _join(path) or None)
+        return InvalidRequest(f"{_join(path) or 'request'} is ambiguous", _join(path) or "request")
     return _explain(inner, path)
 
 

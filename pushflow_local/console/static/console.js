@@ -413,7 +413,7 @@ async function deliveriesView(id, params, token) {
         h("td", {}, d.platform || "—"),
         h("td", {}, h("span", { class: "badge", style: `background:var(--o-${d.outcome})` }, d.outcome)),
         h("td", { class: "num" }, d.page ?? "—"),
-        h("td", {}, d.variant || "—"),
+        h("td", {}, d.content_locale || "—"),
         h("td", {}, d.title || "—"),
         h("td", { class: d.error ? "error mono" : "mono" }, d.sns_message_id || d.error || "—"),
         h("td", {}, fmtTime(d.recorded_at)))))),
@@ -461,7 +461,7 @@ async function userView(externalId, token) {
           h("td", {}, h("a", { href: `#/sends/${d.notification_id}` }, d.notification_id.slice(0, 8))),
           h("td", {}, d.category), h("td", { class: "mono" }, `${d.device_id} ${d.platform || ""}`),
           h("td", {}, h("span", { class: "badge", style: `background:var(--o-${d.outcome})` }, d.outcome)),
-          h("td", {}, d.variant || "—"), h("td", {}, d.title || "—"),
+          h("td", {}, d.content_locale || "—"), h("td", {}, d.title || "—"),
           h("td", { class: d.error ? "error mono" : "mono" }, d.sns_message_id || d.error || "—")))))));
 }
 

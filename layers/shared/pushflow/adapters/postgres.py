@@ -44,7 +44,7 @@ from pushflow.domain.rules import DEFAULT_PREFERENCES, Preferences
 
 # The newest migration this code was written for (a test keeps it equal to the
 # newest file in migrations/). Deployed functions refuse an older schema.
-SCHEMA_VERSION = "0004_send_ends"
+SCHEMA_VERSION = "0005_delivery_content"
 
 # SQLSTATE classes worth a retry: connection exceptions, operator intervention
 # (shutdown, admin terminate), insufficient resources, serialization/deadlock.
@@ -840,7 +840,7 @@ class Repository:
             with self.transaction() as conn:
                 conn.copy_in(
                     "COPY deliveries (notification_id, page, device_id, user_id, outcome,"
-                    " sns_message_id, error, deferred_until) FROM STDIN",
+                    " sns_message_id, error, deferred_until, content_locale, title) FROM STDIN",
                     _delivery_lines(results, prefix),
                 )
                 self._disable_endpoints(conn, disabled)
@@ -851,20 +851,22 @@ class Repository:
         with self.transaction() as conn:
             conn.run(
                 "CREATE TEMP TABLE incoming_deliveries (device_id bigint, user_id bigint,"
-                " outcome text, sns_message_id text, error text, deferred_until timestamptz)"
+                " outcome text, sns_message_id text, error text, deferred_until timestamptz,"
+                " content_locale text, title text)"
                 " ON COMMIT DROP"
             )
             conn.copy_in("COPY incoming_deliveries FROM STDIN", _delivery_lines(results))
             conn.run(
                 "INSERT INTO deliveries (notification_id, device_id, user_id, page, outcome,"
-                " sns_message_id, error, deferred_until)"
+                " sns_message_id, error, deferred_until, content_locale, title)"
                 " SELECT CAST(:id AS uuid), device_id, user_id, :page, outcome, sns_message_id,"
-                " error, deferred_until FROM incoming_deliveries"
+                " error, deferred_until, content_locale, title FROM incoming_deliveries"
                 # A row is final once written, except a deferral, which its
                 # deferred pass replaces by the outcome it reached.
                 " ON CONFLICT (notification_id, device_id) DO UPDATE SET"
                 " outcome = excluded.outcome, sns_message_id = excluded.sns_message_id,"
-                " error = excluded.error, page = excluded.page, recorded_at = now()"
+                " error = excluded.error, page = excluded.page, recorded_at = now(),"
+                " content_locale = excluded.content_locale, title = excluded.title"
                 " WHERE deliveries.outcome = 'deferred' AND excluded.outcome <> 'deferred'",
                 id=notification_id,
                 page=page,
@@ -1003,6 +1005,15 @@ class Repository:
         )
         return _user(rows[0]) if rows else None
 
+    def count_unknown_users(self, external_ids: list[str]) -> int:
+        """How many of `external_ids` (distinct) name no user."""
+        rows = self.run(
+            "SELECT count(*) FROM unnest(CAST(:ids AS text[])) AS wanted(external_id)"
+            " WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.external_id = wanted.external_id)",
+            ids=sorted(set(external_ids)),
+        )
+        return int(rows[0][0])
+
     def find_device_by_token(self, platform: str, token: str) -> Device | None:
         rows = self.run(
             f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE platform = :platform AND token = :token",
@@ -1100,7 +1111,7 @@ class Repository:
         optionally only one outcome and one platform (a deleted device has none)."""
         rows = self.run(
             "SELECT r.device_id, u.external_id, r.outcome, r.sns_message_id, r.error,"
-            " r.recorded_at, d.platform, r.page, u.locale, u.attributes FROM deliveries r"
+            " r.recorded_at, r.content_locale, r.title, d.platform, r.page FROM deliveries r"
             " LEFT JOIN users u ON u.id = r.user_id LEFT JOIN devices d ON d.id = r.device_id"
             " WHERE r.notification_id = CAST(:id AS uuid) AND r.device_id > :after"
             " AND (CAST(:outcome AS text) IS NULL OR r.outcome = :outcome)"
@@ -1120,10 +1131,10 @@ class Repository:
                 "sns_message_id": row[3],
                 "error": row[4],
                 "recorded_at": row[5].isoformat(),
-                "platform": row[6],
-                "page": row[7],
-                "locale": row[8],
-                "attributes": row[9] or {},
+                "content_locale": row[6],
+                "title": row[7],
+                "platform": row[8],
+                "page": row[9],
             }
             for row in rows
         ]
@@ -1487,13 +1498,12 @@ class Repository:
 
     def recent_deliveries(self, user_id: int, limit: int) -> list[dict[str, Any]]:
         """A user's latest delivery rows, newest first, with their send's category and
-        the title of the variant the user's locale got."""
+        the localization and title each device got."""
         rows = self.run(
             "SELECT r.notification_id, n.category, r.device_id, d.platform, r.outcome,"
-            " r.sns_message_id, r.error, r.recorded_at, n.request -> 'content', u.locale,"
-            " u.attributes"
+            " r.sns_message_id, r.error, r.recorded_at, r.content_locale, r.title"
             " FROM deliveries r JOIN notifications n ON n.id = r.notification_id"
-            " JOIN users u ON u.id = r.user_id LEFT JOIN devices d ON d.id = r.device_id"
+            " LEFT JOIN devices d ON d.id = r.device_id"
             " WHERE r.user_id = :user ORDER BY r.recorded_at DESC, r.device_id LIMIT :limit",
             user=user_id,
             limit=limit,
@@ -1508,9 +1518,8 @@ class Repository:
                 "sns_message_id": row[5],
                 "error": row[6],
                 "recorded_at": row[7].isoformat(),
-                "content": row[8] or {},
-                "locale": row[9],
-                "attributes": row[10] or {},
+                "content_locale": row[8],
+                "title": row[9],
             }
             for row in rows
         ]
@@ -1556,7 +1565,8 @@ def _delivery_lines(results: Sequence[DeliveryResult], prefix: str = "") -> str:
     return "".join(
         f"{prefix}{r.device_id}\t{r.user_id}\t{r.outcome.value}\t"
         f"{_copy_text(r.sns_message_id)}\t{_copy_text(r.error)}\t"
-        f"{_copy_text(r.deferred_until)}\n"
+        f"{_copy_text(r.deferred_until)}\t{_copy_text(r.content_locale)}\t"
+        f"{_copy_text(r.title)}\n"
         for r in results
     )
 

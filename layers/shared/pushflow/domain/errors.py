@@ -27,6 +27,10 @@ class InvalidRequest(PushflowError):
         return body
 
 
+class UnsupportedEvent(InvalidRequest):
+    """A function was invoked with an event of a shape it does not take."""
+
+
 class UnfillablePlaceholder(InvalidRequest):
     """Some recipients have no attribute for a placeholder: the send is refused whole."""
 

@@ -169,6 +169,10 @@ class DeliveryResult(NamedTuple):
     error: str | None = None
     # For Outcome.DEFERRED: when quiet hours end (ISO 8601, UTC).
     deferred_until: str | None = None
+    # For a push: the localization key that supplied its text (`default`: none did)
+    # and the title as shown.
+    content_locale: str | None = None
+    title: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         raw: dict[str, Any] = {
@@ -182,6 +186,10 @@ class DeliveryResult(NamedTuple):
             raw["error"] = self.error
         if self.deferred_until is not None:
             raw["deferred_until"] = self.deferred_until
+        if self.content_locale is not None:
+            raw["content_locale"] = self.content_locale
+        if self.title is not None:
+            raw["title"] = self.title
         return raw
 
     @classmethod
@@ -198,6 +206,8 @@ class DeliveryResult(NamedTuple):
             raw.get("sns_message_id"),
             raw.get("error"),
             raw.get("deferred_until"),
+            raw.get("content_locale"),
+            raw.get("title"),
         )
 
 

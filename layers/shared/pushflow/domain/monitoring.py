@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from pushflow.domain.categories import CATEGORIES
 from pushflow.domain.errors import InvalidRequest, NotFound
 from pushflow.domain.models import Device, Notification, NotificationStatus, User
-from pushflow.domain.registration import preferences_view, with_variant
+from pushflow.domain.registration import preferences_view
 from pushflow.domain.rules import DEFAULT_PREFERENCES, Preferences
 
 # A send's events as the console shows them: the parent's history stays small
@@ -224,7 +224,7 @@ def user_view(
 ) -> dict[str, Any]:
     """A user as an operator checks them: profile, devices, preferences and quiet hours,
     the pushes counted against each capped category in the last 24 hours, and their
-    latest deliveries with the variant and title they got."""
+    latest deliveries with the localization and title each device got."""
     user = directory.find_user(external_id)
     if user is None:
         raise NotFound(f"user {external_id} not found")
@@ -235,10 +235,7 @@ def user_view(
         if category.daily_cap is not None
     }
     used = caps.cap_usage(user.id, sorted(capped), now)
-    deliveries = []
-    for row in directory.recent_deliveries(user.id, RECENT_DELIVERIES):
-        content = row.pop("content", {})
-        deliveries.extend(with_variant([row], content))
+    deliveries = directory.recent_deliveries(user.id, RECENT_DELIVERIES)
     return {
         "user": user.to_dict(),
         "devices": [device.to_dict() for device in directory.list_devices(user.id)],

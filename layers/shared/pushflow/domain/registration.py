@@ -7,6 +7,7 @@ whenever they change here.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from datetime import time
@@ -14,9 +15,8 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pushflow.domain.categories import CATEGORIES
-from pushflow.domain.content import ContentError, compile_content
 from pushflow.domain.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from pushflow.domain.models import Device, Notification, User
+from pushflow.domain.models import Device, Notification, NotificationStatus, User
 from pushflow.domain.rules import DEFAULT_PREFERENCES, Preferences
 
 # APNs tokens are hex (32 bytes today; Apple says not to rely on the length);
@@ -50,6 +50,7 @@ class Directory(Protocol):
 
     def find_user(self, external_id: str) -> User | None: ...
     def find_device_by_token(self, platform: str, token: str) -> Device | None: ...
+    def count_unknown_users(self, external_ids: list[str]) -> int: ...
     def get_device(self, device_id: int) -> Device | None: ...
 
     def save_device(
@@ -66,6 +67,7 @@ class Directory(Protocol):
     def get_notification(self, notification_id: str) -> Notification: ...
     def cancel_notification(self, notification_id: str) -> Notification | None: ...
     def cancel_deferred(self, notification_id: str) -> int: ...
+    def outcome_counts(self, notification_id: str) -> dict[str, int]: ...
 
     def list_deliveries(
         self,
@@ -186,6 +188,9 @@ def preferences_from(body: Mapping[str, Any]) -> Preferences:
     for name in caps:
         if name not in CATEGORIES:
             raise InvalidRequest(f"unknown category {name!r}", f"caps.{name}")
+        if CATEGORIES[name].daily_cap is None:
+            # Accepting it would change nothing: these pushes are never capped.
+            raise InvalidRequest(f"{name!r} pushes have no daily cap to set", f"caps.{name}")
     quiet = body.get("quiet_hours")
     return Preferences(
         opted_out=frozenset(opted_out),
@@ -241,7 +246,30 @@ def cancel(notification_id: str, directory: Directory) -> Notification:
     cancelled = directory.cancel_notification(notification_id)
     if cancelled is None:
         raise Conflict("this notification has already finished")
+    # Devices waiting out their quiet hours are cancelled now, not when the wait ends
+    # (hours later): the deferred pass finds the send cancelled and pushes nothing.
+    directory.cancel_deferred(notification_id)
     return cancelled
+
+
+def notification_view(notification_id: str, directory: Directory) -> Notification:
+    """A notification as a client sees it: a running send's counts are those so far,
+    from its delivery rows (Finalize stores the final ones)."""
+    notification = directory.get_notification(notification_id)
+    if notification.status in (NotificationStatus.RUNNING, NotificationStatus.CANCELLED) and (
+        not notification.counts
+    ):
+        return dataclasses.replace(notification, counts=directory.outcome_counts(notification_id))
+    return notification
+
+
+def unknown_external_ids(request: Mapping[str, Any], directory: Directory) -> int | None:
+    """For a send to explicit users: how many of them are unknown (they get nothing).
+    None for other audiences."""
+    audience = request.get("audience", {})
+    if audience.get("type") != "users":
+        return None
+    return directory.count_unknown_users(list(audience.get("external_ids", [])))
 
 
 def deliveries_page(
@@ -252,28 +280,7 @@ def deliveries_page(
     outcome: str | None = None,
     platform: str | None = None,
 ) -> dict[str, Any]:
-    send = directory.get_notification(notification_id)
+    directory.get_notification(notification_id)
     rows = directory.list_deliveries(notification_id, int(after or 0), limit, outcome, platform)
-    rows = with_variant(rows, send.request.get("content") or {})
     following = rows[-1]["device_id"] if len(rows) == limit else None
     return {"deliveries": rows, "next": following}
-
-
-def with_variant(rows: list[dict[str, Any]], content: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Each delivery row with the locale variant and title its user gets from the send's
-    content (rendered from the user's locale and attributes as they are now); the
-    attributes themselves are not shown."""
-    compiled = compile_content(content) if content else None
-    shown = []
-    for row in rows:
-        attributes = row.pop("attributes", {}) or {}
-        locale = row.pop("locale", None)
-        if compiled is not None:
-            try:
-                rendered = compiled.render(locale, attributes)
-            except ContentError:
-                row.update(variant=None, title=None)
-            else:
-                row.update(variant=rendered.locale_used or "default", title=rendered.title)
-        shown.append(row)
-    return shown

@@ -214,6 +214,14 @@ def _create_recurring(
     return schedule, created
 
 
+def _local_date(raw: str) -> date:
+    """The schema checks the form (`YYYY-MM-DD`); the calendar decides `2026-02-30`."""
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise InvalidRequest(f"local_time.date {raw!r} is not a date", "local_time.date") from None
+
+
 def _create_local_time(
     body: Mapping[str, Any],
     send: Mapping[str, Any],
@@ -225,7 +233,7 @@ def _create_local_time(
 ) -> tuple[Schedule, bool]:
     spec = body["local_time"]
     at = time.fromisoformat(spec["at"])
-    on = date.fromisoformat(spec["date"]) if "date" in spec else None
+    on = _local_date(spec["date"]) if "date" in spec else None
     if on is not None and on < (now - timedelta(hours=14)).date():
         raise InvalidRequest("local_time.date is in the past everywhere", "local_time.date")
     if_passed = spec.get("if_passed", "tomorrow")

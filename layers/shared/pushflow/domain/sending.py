@@ -17,6 +17,7 @@ from pushflow.domain.categories import category as lookup_category
 from pushflow.domain.content import (
     CompiledContent,
     ContentError,
+    RenderedContent,
     compile_content,
     placeholders,
     validate_content,
@@ -351,11 +352,18 @@ _OUTCOME_OF = {
 def push_for(content: CompiledContent, recipient: Recipient) -> PushMessage:
     """The push one recipient gets: the content in their language with their
     attributes, as their platform's SNS message. Raises ContentError."""
+    return _rendered_push(content, recipient)[0]
+
+
+def _rendered_push(
+    content: CompiledContent, recipient: Recipient
+) -> tuple[PushMessage, RenderedContent]:
     rendered = content.render(recipient.locale, recipient.attributes)
     message = build_sns_message(rendered, recipient.platform, recipient.sandbox)  # type: ignore[arg-type]
-    return PushMessage(
+    push = PushMessage(
         recipient.device_id, recipient.endpoint_arn, message.message, message.message_attributes
     )
+    return push, rendered
 
 
 class _PageWrites:
@@ -390,6 +398,8 @@ class _PageWrites:
         self.maybe_gone: dict[int, str] = {}
         # Pushed and not answered yet: the recipient behind each push.
         self.awaited: dict[int, Recipient] = {}
+        # What each pushed device was shown: (localization key or `default`, title).
+        self.shown: dict[int, tuple[str, str]] = {}
         # How much of `results`, `settled` and `released` is written already.
         self._recorded = 0
         self._settled = 0
@@ -410,11 +420,12 @@ class _PageWrites:
                 self.results.append(_from_marker(recipient, earlier))
                 continue
             try:
-                push = push_for(content, recipient)
+                push, rendered = _rendered_push(content, recipient)
             except ContentError as error:
                 self._settle_as(recipient, Outcome.FAILED, error=error.message)
                 continue
             self.awaited[recipient.device_id] = recipient
+            self.shown[recipient.device_id] = (rendered.locale_used or "default", rendered.title)
             yield push
 
     def take(self, outcomes: Iterable[PublishOutcome]) -> None:
@@ -441,7 +452,16 @@ class _PageWrites:
         message_id: str | None = None,
         error: str | None = None,
     ) -> None:
-        result = DeliveryResult(recipient.device_id, recipient.user_id, outcome, message_id, error)
+        content_locale, title = self.shown.get(recipient.device_id, (None, None))
+        result = DeliveryResult(
+            recipient.device_id,
+            recipient.user_id,
+            outcome,
+            message_id,
+            error,
+            content_locale=content_locale,
+            title=title,
+        )
         self.settled[recipient.device_id] = _marker_for(result)
         self.results.append(result)
 
