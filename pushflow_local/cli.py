@@ -258,7 +258,7 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with LocalRuntime(progress=_say, log_path=LOG_PATH) as runtime:
         try:
-            api = LocalApiServer(runtime, args.host, args.port)
+            api = LocalApiServer(runtime, args.host, args.port, console=True)
             api.start()
         except OSError as error:  # taken since the check above
             raise CliError(f"cannot serve on {args.host}:{args.port}: {error.strerror}") from None
@@ -294,6 +294,7 @@ def _serve(runtime: LocalRuntime, api: LocalApiServer, stop: threading.Event) ->
     print(
         f"""
 Pushflow API on {url}  (requests and executions are logged below)
+Console:                  {url.rsplit("/", 1)[0]}/console
 API key (backend routes): {api.api_key}
 User token (/v1/me/...):   {PUSHFLOW} local token --user alice
 Function logs:            {LOG_PATH.relative_to(REPO_ROOT)}

@@ -40,6 +40,7 @@ import boto3
 
 from pushflow.clock import MovableClock
 from pushflow_local import step_functions_limits
+from pushflow_local.map_children import MapRunChildren
 from pushflow_local.sandbox import SandboxTimedOut, run_until
 from pushflow_local.servers import LocalServers
 from pushflow_local.sns import Latency, MotoEndpoints, PublishQuota, SnsServer, region_publish_quota
@@ -309,6 +310,9 @@ class LocalRuntime:
         self._patch_wait_states()
         step_functions_limits.enforce(self._stack, lambda: self.history_event_limit)
         self._install_redrive()
+        # Outermost: a Map child's own history is the one the limits gave it.
+        self.map_children = MapRunChildren()
+        self.map_children.install(self._stack)
         self._invoke_task_functions_directly()
         self._copy_state_data_faster()
         self._parse_each_json_path_once()

@@ -32,6 +32,7 @@ from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from pushflow.domain.errors import InvalidRequest
 from pushflow.validation import openapi, validate
+from pushflow_local import console as console_app
 from pushflow_local.auth import InvalidToken, LocalCredentials, load_credentials
 from pushflow_local.runtime import ACCOUNT, LocalRuntime
 
@@ -293,6 +294,8 @@ class LocalGateway:
         self._quotas: dict[str, DailyQuota] = {}
         self._limits_lock = threading.Lock()
         self.function = function
+        # Keys minted at start for the console (key -> key id), besides the backends' key.
+        self.operator_keys: dict[str, str] = {}
         # Query parameters the document declares: the only ones whose values are logged.
         self.query_names = frozenset(
             parameter["name"]
@@ -372,10 +375,12 @@ class LocalGateway:
             caller.claims = {key: _claim_text(key, value) for key, value in claims.items()}
         elif scheme.get("type") == "apiKey" and scheme.get("name", "").lower() == "x-api-key":
             sent = request.header("x-api-key") or ""
-            if not secrets.compare_digest(sent.encode(), self.credentials.api_key.encode()):
+            keys = {self.credentials.api_key: self.credentials.api_key_id, **self.operator_keys}
+            key = next((k for k in keys if secrets.compare_digest(sent.encode(), k.encode())), None)
+            if key is None:
                 raise GatewayRefusal("INVALID_API_KEY")
-            caller.api_key = self.credentials.api_key
-            caller.api_key_id = self.credentials.api_key_id
+            caller.api_key = key
+            caller.api_key_id = keys[key]
         else:
             raise RuntimeError(f"the local gateway does not know security scheme {name!r}")
 
@@ -649,10 +654,13 @@ def _request_headers(environ: Mapping[str, Any]) -> list[tuple[str, str]]:
 class _GatewayApp:
     """The WSGI application: each request through the gateway, every answer its JSON."""
 
-    def __init__(self, gateway: LocalGateway) -> None:
+    def __init__(self, gateway: LocalGateway, console: console_app.Console | None = None) -> None:
         self.gateway = gateway
+        self.console = console
 
-    def __call__(self, environ: dict[str, Any], start_response: _StartResponse) -> list[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
+        if self.console is not None and console_app.claims(environ.get("PATH_INFO", "")):
+            return self.console(environ, start_response)  # the console, mounted at /console
         started = time.monotonic()
         gateway = self.gateway
         raw_path = environ.get("RAW_URI") or environ.get("PATH_INFO", "/")
@@ -823,6 +831,7 @@ class LocalApiServer:
         log: TextIO | None = None,
         quiet: bool = False,
         log_executions: bool = True,
+        console: bool = False,
     ) -> None:
         self.runtime = runtime
         self.credentials = credentials or load_credentials()
@@ -839,6 +848,14 @@ class LocalApiServer:
         self._http: _HttpServer | None = None
         self._thread: threading.Thread | None = None
         self._executions = ExecutionLog(runtime, self.gateway._say) if log_executions else None
+        self.console: console_app.Console | None = None
+        if console:
+            operator_key = console_app.mint_operator_key()
+            self.gateway.operator_keys[operator_key] = f"console{secrets.token_hex(4)}"
+            definitions = {
+                m.logical_id: m.definition_path for m in runtime.template.state_machines()
+            }
+            self.console = console_app.Console(lambda: self.url, operator_key, definitions)
 
     @property
     def api_key(self) -> str:
@@ -863,7 +880,7 @@ class LocalApiServer:
             self._http = _HttpServer(
                 host,
                 port,
-                _GatewayApp(self.gateway),
+                _GatewayApp(self.gateway, self.console),
                 handler=_RequestHandler,
                 fd=listening.fileno(),
             )

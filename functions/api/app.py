@@ -17,7 +17,8 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
 
-from pushflow.domain import registration, scheduling, send_ends, sending
+from pushflow.domain import monitoring, registration, scheduling, send_ends, sending
+from pushflow.domain.categories import CATEGORIES
 from pushflow.domain.errors import (
     Conflict,
     Forbidden,
@@ -27,6 +28,7 @@ from pushflow.domain.errors import (
     Unauthorized,
     UnsupportedEvent,
 )
+from pushflow.domain.models import NotificationStatus, Outcome
 from pushflow.event_shapes import require
 from pushflow.handler import task
 from pushflow.http_resolver import ThreadSafeRestResolver
@@ -410,7 +412,11 @@ def list_deliveries(notification_id: str) -> Response[Any]:
     after = query.get("after")
     if after is not None and not (after.isdigit() and len(after) <= 18):
         raise InvalidRequest("after must be a cursor from a previous page", "after")
-    page = registration.deliveries_page(notification_id, _services().repository, after, limit)
+    outcome = _choice(query, "outcome", OUTCOMES)
+    platform = _choice(query, "platform", PLATFORMS)
+    page = registration.deliveries_page(
+        notification_id, _services().repository, after, limit, outcome, platform
+    )
     return _json(200, page)
 
 
@@ -490,6 +496,73 @@ def cancel_schedule(schedule_id: str) -> Response[Any]:
     return _json(
         200, scheduling.schedule_view(schedule_id, services.repository, services.clock.now())
     )
+
+
+# -- routes: watching sends (the console reads these, as any backend may) ------------------
+
+OUTCOMES = tuple(outcome.value for outcome in Outcome)
+PLATFORMS = ("ios", "android")
+STATUSES = tuple(status.value for status in NotificationStatus)
+
+
+def _choice(query: dict[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
+    value = query.get(name)
+    if value is None or value == "":
+        return None
+    if value not in allowed:
+        raise InvalidRequest(f"{name} must be one of {', '.join(allowed)}", name)
+    return value
+
+
+def _whole(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = query.get(name, str(default))
+    # isdigit() alone takes "²" and other digits int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise InvalidRequest(f"{name} must be a whole number from {low} to {high}", name)
+    return int(raw)
+
+
+@app.get("/v1/notifications")
+def list_notifications() -> Response[Any]:
+    _backend()
+    query = app.current_event.query_string_parameters or {}
+    page = monitoring.sends_page(
+        _services().repository,
+        _whole(query, "limit", 50, 1, 200),
+        query.get("cursor") or None,
+        _choice(query, "status", STATUSES),
+        _choice(query, "category", tuple(CATEGORIES)),
+    )
+    return _json(200, page)
+
+
+@app.get("/v1/notifications/<notification_id>/execution")
+def get_execution(notification_id: str) -> Response[Any]:
+    _backend()
+    query = app.current_event.query_string_parameters or {}
+    services = _services()
+    view = monitoring.execution_view(
+        notification_id,
+        services.repository,
+        services.execution_reader,
+        _whole(query, "first_page", 0, 0, 10_000_000),
+        _whole(query, "pages", 50, 1, 200),
+        query.get("children_token") or None,
+    )
+    return _json(200, view)
+
+
+@app.get("/v1/users/<external_id>")
+def get_user(external_id: str) -> Response[Any]:
+    _backend()
+    services = _services()
+    view = monitoring.user_view(
+        _path("external_id", external_id),
+        services.repository,
+        services.recipient_filter,
+        services.clock.now(),
+    )
+    return _json(200, view)
 
 
 def _rest_proxy_event(event: Any) -> dict[str, Any]:

@@ -54,6 +54,10 @@ ROUTES = {
     ("GET", "/v1/schedules"): "listSchedules",
     ("GET", "/v1/schedules/{schedule_id}"): "getSchedule",
     ("DELETE", "/v1/schedules/{schedule_id}"): "cancelSchedule",
+    # What an operator watches (the console reads these, as any backend may).
+    ("GET", "/v1/notifications"): "listNotifications",
+    ("GET", "/v1/notifications/{notification_id}/execution"): "getNotificationExecution",
+    ("GET", "/v1/users/{external_id}"): "getUser",
 }
 
 INTEGRATION_URI = {

@@ -14,7 +14,7 @@ from pushflow.clock import Clock, SystemClock
 from pushflow.config import Settings
 
 if TYPE_CHECKING:
-    from pushflow.adapters.executions import StepFunctionsExecutions
+    from pushflow.adapters.executions import ExecutionReader, StepFunctionsExecutions
     from pushflow.adapters.page_plans import PagePlanStore
     from pushflow.adapters.postgres import Repository
     from pushflow.adapters.recipient_filter import RecipientFilter
@@ -126,6 +126,12 @@ class Services:
         return StepFunctionsExecutions(
             self._client("stepfunctions"), self.settings.require("state_machine_arn")
         )
+
+    @cached_property
+    def execution_reader(self) -> ExecutionReader:
+        from pushflow.adapters.executions import ExecutionReader
+
+        return ExecutionReader(self._client("stepfunctions"))
 
     def close(self) -> None:
         if "schema_repository" in self.__dict__:

@@ -1200,18 +1200,28 @@ class Repository:
             return int(conn.row_count)
 
     def list_deliveries(
-        self, notification_id: str, after_device_id: int, limit: int
+        self,
+        notification_id: str,
+        after_device_id: int,
+        limit: int,
+        outcome: str | None = None,
+        platform: str | None = None,
     ) -> list[dict[str, Any]]:
-        """A page of a send's delivery rows in device order (keyset: after a device id)."""
+        """A page of a send's delivery rows in device order (keyset: after a device id),
+        optionally only one outcome and one platform (a deleted device has none)."""
         rows = self.run(
             "SELECT r.device_id, u.external_id, r.outcome, r.sns_message_id, r.error,"
-            " r.recorded_at, r.content_locale, r.title"
-            " FROM deliveries r LEFT JOIN users u ON u.id = r.user_id"
+            " r.recorded_at, r.content_locale, r.title, d.platform, r.page FROM deliveries r"
+            " LEFT JOIN users u ON u.id = r.user_id LEFT JOIN devices d ON d.id = r.device_id"
             " WHERE r.notification_id = CAST(:id AS uuid) AND r.device_id > :after"
+            " AND (CAST(:outcome AS text) IS NULL OR r.outcome = :outcome)"
+            " AND (CAST(:platform AS text) IS NULL OR d.platform = :platform)"
             " ORDER BY r.device_id LIMIT :limit",
             id=notification_id,
             after=after_device_id,
             limit=limit,
+            outcome=outcome,
+            platform=platform,
         )
         return [
             {
@@ -1223,6 +1233,8 @@ class Repository:
                 "recorded_at": row[5].isoformat(),
                 "content_locale": row[6],
                 "title": row[7],
+                "platform": row[8],
+                "page": row[9],
             }
             for row in rows
         ]
@@ -1556,6 +1568,87 @@ class Repository:
                 "DELETE FROM removed_devices WHERE removed_at < :before", before=removed_before
             )
             return int(conn.row_count)
+
+    # -- the console's reads (also the API's, for backends) ----------------------
+
+    def list_notifications(
+        self,
+        limit: int,
+        before: tuple[datetime, str] | None = None,
+        status: str | None = None,
+        category: str | None = None,
+    ) -> list[Notification]:
+        """Sends newest first (keyset on created_at, id), optionally of one status and
+        category."""
+        created, last_id = before if before else (None, None)
+        rows = self.run(
+            f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications"
+            " WHERE (CAST(:status AS text) IS NULL OR status = :status)"
+            " AND (CAST(:category AS text) IS NULL OR category = :category)"
+            " AND (CAST(:created AS timestamptz) IS NULL"
+            "      OR (created_at, id) < (CAST(:created AS timestamptz), CAST(:last_id AS uuid)))"
+            " ORDER BY created_at DESC, id DESC LIMIT :limit",
+            status=status,
+            category=category,
+            created=created,
+            last_id=last_id,
+            limit=limit,
+        )
+        return [_notification(row) for row in rows]
+
+    def recent_deliveries(self, user_id: int, limit: int) -> list[dict[str, Any]]:
+        """A user's latest delivery rows, newest first, with their send's category and
+        the localization and title each device got."""
+        rows = self.run(
+            "SELECT r.notification_id, n.category, r.device_id, d.platform, r.outcome,"
+            " r.sns_message_id, r.error, r.recorded_at, r.content_locale, r.title"
+            " FROM deliveries r JOIN notifications n ON n.id = r.notification_id"
+            " LEFT JOIN devices d ON d.id = r.device_id"
+            " WHERE r.user_id = :user ORDER BY r.recorded_at DESC, r.device_id LIMIT :limit",
+            user=user_id,
+            limit=limit,
+        )
+        return [
+            {
+                "notification_id": str(row[0]),
+                "category": row[1],
+                "device_id": str(row[2]),
+                "platform": row[3],
+                "outcome": row[4],
+                "sns_message_id": row[5],
+                "error": row[6],
+                "recorded_at": row[7].isoformat(),
+                "content_locale": row[8],
+                "title": row[9],
+            }
+            for row in rows
+        ]
+
+    def page_summaries(
+        self, notification_id: str, first_page: int, last_page: int
+    ) -> list[dict[str, Any]]:
+        """Per page of a send (from its rows): outcome counts and when its rows were
+        written, for the pages first_page..last_page."""
+        rows = self.run(
+            "SELECT page, outcome, count(*), min(recorded_at), max(recorded_at)"
+            " FROM deliveries WHERE notification_id = CAST(:id AS uuid)"
+            " AND page BETWEEN :first AND :last GROUP BY page, outcome ORDER BY page",
+            id=notification_id,
+            first=first_page,
+            last=last_page,
+        )
+        pages: dict[int, dict[str, Any]] = {}
+        for page, outcome, count, first, last in rows:
+            summary = pages.setdefault(
+                page, {"page": page, "counts": {}, "first_at": first, "last_at": last}
+            )
+            summary["counts"][outcome] = count
+            summary["first_at"] = min(summary["first_at"], first)
+            summary["last_at"] = max(summary["last_at"], last)
+        return [
+            {**summary, "first_at": _iso(summary["first_at"]), "last_at": _iso(summary["last_at"])}
+            for summary in pages.values()
+        ]
 
 
 # Sends not final: running or about to, or cancelled and not finalized yet (the

@@ -159,6 +159,17 @@ class RecipientFilter:
         # Hashes the script once; the server learns it on first use (EVAL on NOSCRIPT).
         self._decide = client.register_script(_DECIDE)
 
+    def cap_usage(self, user_id: int, categories: Sequence[str], now: datetime) -> dict[str, int]:
+        """Pushes counted against each category's cap in the rolling 24 hours to `now`
+        (one round trip: the keys share the user's hash tag)."""
+        since = int(now.timestamp() * 1000) - CAP_WINDOW_MS
+        with store_errors():
+            pipeline = self._redis.pipeline(transaction=False)
+            for name in categories:
+                pipeline.zcount(cap_key(user_id, name), since, "+inf")
+            counts = pipeline.execute()
+        return {name: int(count) for name, count in zip(categories, counts, strict=True)}
+
     # -- preferences -------------------------------------------------------
 
     def invalidate_preferences(self, user_id: int) -> None:

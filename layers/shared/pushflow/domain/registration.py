@@ -70,7 +70,12 @@ class Directory(Protocol):
     def outcome_counts(self, notification_id: str) -> dict[str, int]: ...
 
     def list_deliveries(
-        self, notification_id: str, after_device_id: int, limit: int
+        self,
+        notification_id: str,
+        after_device_id: int,
+        limit: int,
+        outcome: str | None = None,
+        platform: str | None = None,
     ) -> list[dict[str, Any]]: ...
 
 
@@ -268,9 +273,14 @@ def unknown_external_ids(request: Mapping[str, Any], directory: Directory) -> in
 
 
 def deliveries_page(
-    notification_id: str, directory: Directory, after: str | None, limit: int
+    notification_id: str,
+    directory: Directory,
+    after: str | None,
+    limit: int,
+    outcome: str | None = None,
+    platform: str | None = None,
 ) -> dict[str, Any]:
     directory.get_notification(notification_id)
-    rows = directory.list_deliveries(notification_id, int(after or 0), limit)
+    rows = directory.list_deliveries(notification_id, int(after or 0), limit, outcome, platform)
     following = rows[-1]["device_id"] if len(rows) == limit else None
     return {"deliveries": rows, "next": following}
