@@ -124,7 +124,15 @@ def _explain(error: ValidationError, prefix: Sequence[Any] = ()) -> InvalidReque
         field = _join(path, (given or names)[0])
         return InvalidRequest(f"give exactly one of {' and '.join(names)}", field)
     field = _join(path) or "request"
+    if error.validator == "enum" and len(error.validator_value) > _LISTED_VALUES:
+        # A long list (the time zones) is named, not repeated in the answer.
+        allowed = f"one of the {len(error.validator_value)} values the API document lists"
+        return InvalidRequest(f"{field}: {_bounded(repr(error.instance))} is not {allowed}", field)
     return InvalidRequest(f"{field}: {_bounded(error.message)}", field)
+
+
+# Enums longer than this are not spelt out in an error message.
+_LISTED_VALUES = 20
 
 
 def _exactly_one_of(branches: Any) -> bool:
