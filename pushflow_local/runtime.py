@@ -709,6 +709,23 @@ class LocalRuntime:
             if "stateEnteredEventDetails" in event
         ]
 
+    def map_run_children(self, execution_arn: str) -> list[list[dict[str, Any]]]:
+        """The history of each child execution the execution's Map Runs started.
+
+        Step Functions lists them (`ListExecutions` with a `mapRunArn`); moto runs a
+        child in a frame of its parent, so the runtime keeps each child's history as
+        it ends (step_functions_limits)."""
+        from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+        backend = stepfunctions_parser_backends[ACCOUNT][REGION]
+        execution: Any = backend.describe_execution(execution_arn=execution_arn)
+        records = execution.exec_worker.env.map_run_record_pool_manager.get_all()
+        return [
+            [dict(event) for event in history]
+            for record in records
+            for history in step_functions_limits.child_histories(record)
+        ]
+
     # -- EventBridge Scheduler (moto stores schedules but never fires them) --------
 
     def fire_due_schedules(self) -> list[str]:
