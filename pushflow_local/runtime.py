@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo
 import boto3
 
 from pushflow.clock import MovableClock
-from pushflow_local import step_functions_limits
+from pushflow_local import sns_endpoint_index, step_functions_limits
 from pushflow_local.sandbox import SandboxTimedOut, run_until
 from pushflow_local.servers import LocalServers
 from pushflow_local.sns import Latency, MotoEndpoints, PublishQuota, SnsServer, region_publish_quota
@@ -307,6 +307,10 @@ class LocalRuntime:
         setattr(retrier_decl, "time", _ScaledSleep(self.retry_sleep_scale))  # noqa: B010
         self._stack.callback(setattr, retrier_decl, "time", original_time)
         self._patch_wait_states()
+        # CreatePlatformEndpoint in O(1), not a scan of every endpoint (seeding the demo).
+        from moto.sns.models import sns_backends
+
+        sns_endpoint_index.install(self._stack, [sns_backends[ACCOUNT][REGION]])
         step_functions_limits.enforce(self._stack, lambda: self.history_event_limit)
         self._invoke_task_functions_directly()
         self._copy_state_data_faster()
