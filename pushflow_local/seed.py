@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +74,15 @@ def _copy_text(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
 
 
+def _lines(values: Iterable[str]) -> str:
+    """Values as one text parameter, split in SQL: pg8000 escapes an array parameter
+    element by element (~1.5 s for the 100,000 ids of the large demo)."""
+    listed = list(values)
+    if any("\n" in value for value in listed):
+        raise ValueError("an external id with a line break cannot be seeded")
+    return "\n".join(listed)
+
+
 def seed_users(
     runtime: LocalRuntime,
     users: Sequence[SeedUser],
@@ -94,8 +103,9 @@ def seed_users(
         )
     ids = dict(
         repository.run(
-            "SELECT external_id, id FROM users WHERE external_id = ANY(CAST(:ids AS text[]))",
-            ids=[u.external_id for u in users],
+            "SELECT external_id, id FROM users"
+            " WHERE external_id = ANY(string_to_array(:ids, E'\\n'))",
+            ids=_lines(u.external_id for u in users),
         )
     )
 
@@ -137,9 +147,10 @@ def seed_users(
         )
     devices = repository.run(
         "SELECT d.id, u.external_id, d.platform, d.sandbox, d.endpoint_arn FROM devices d"
-        " JOIN users u ON u.id = d.user_id WHERE u.external_id = ANY(CAST(:ids AS text[]))"
+        " JOIN users u ON u.id = d.user_id"
+        " WHERE u.external_id = ANY(string_to_array(:ids, E'\\n'))"
         " ORDER BY d.id",
-        ids=[u.external_id for u in users],
+        ids=_lines(u.external_id for u in users),
     )
     return [SeededDevice(*row) for row in devices]
 
