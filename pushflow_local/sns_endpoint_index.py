@@ -25,6 +25,8 @@ from typing import Any
 from moto.sns.models import SNSBackend
 
 _scanning = threading.local()
+# moto's method as moto defines it (captured before any install replaces it).
+MOTO_CREATE_PLATFORM_ENDPOINT = vars(SNSBackend)["create_platform_endpoint"]
 
 
 class TokenIndexedEndpoints(dict[str, Any]):
@@ -106,7 +108,7 @@ class TokenIndexedEndpoints(dict[str, Any]):
 
 def install(stack: contextlib.ExitStack, backends: Iterable[Any]) -> None:
     """Index the endpoints of `backends` (moto SNS backends) until `stack` closes."""
-    original = vars(SNSBackend)["create_platform_endpoint"]
+    original = MOTO_CREATE_PLATFORM_ENDPOINT
 
     def create_platform_endpoint(
         backend: Any, application: Any, custom_user_data: str, token: str, attributes: Any
@@ -117,8 +119,9 @@ def install(stack: contextlib.ExitStack, backends: Iterable[Any]) -> None:
         with endpoints.scanning_only(token):
             return original(backend, application, custom_user_data, token, attributes)
 
+    previous = vars(SNSBackend)["create_platform_endpoint"]
     SNSBackend.create_platform_endpoint = create_platform_endpoint  # type: ignore[method-assign,assignment]
-    stack.callback(setattr, SNSBackend, "create_platform_endpoint", original)
+    stack.callback(setattr, SNSBackend, "create_platform_endpoint", previous)
     for backend in backends:
         plain = dict(backend.platform_endpoints)
         backend.platform_endpoints = TokenIndexedEndpoints(plain)

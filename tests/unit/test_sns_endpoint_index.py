@@ -16,30 +16,35 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
-from moto.sns.models import SNSBackend, sns_backends
+from moto.sns.models import sns_backends
 
 from pushflow_local import sns_endpoint_index
 
 pytestmark = pytest.mark.unit
 
 ACCOUNT = "123456789012"
-REGION = "us-east-1"
+# A region of its own per use: moto keeps one store per account and region for the
+# whole process, and the suite's local runtime uses us-east-1.
+REGIONS = iter(["eu-west-1", "eu-west-2", "eu-west-3", "eu-north-1", "eu-south-1", "ca-central-1"])
 
 
 def test_moto_still_finds_duplicates_by_scanning_values_for_the_token() -> None:
-    source = inspect.getsource(SNSBackend.create_platform_endpoint)
+    moto_method = sns_endpoint_index.MOTO_CREATE_PLATFORM_ENDPOINT
+    assert moto_method.__module__ == "moto.sns.models"
+    source = inspect.getsource(moto_method)
     assert "for endpoint in self.platform_endpoints.values():" in source
     assert "token == endpoint.token" in source
     assert "self.platform_endpoints[platform_endpoint.arn] = platform_endpoint" in source
-    parameters = list(inspect.signature(SNSBackend.create_platform_endpoint).parameters)
+    parameters = list(inspect.signature(moto_method).parameters)
     assert parameters == ["self", "application", "custom_user_data", "token", "attributes"]
 
 
 @contextlib.contextmanager
 def sns(indexed: bool) -> Iterator[tuple[Any, Any]]:
+    region = next(REGIONS)
     with mock_aws(), contextlib.ExitStack() as stack:
-        client = boto3.client("sns", region_name=REGION)
-        backend = sns_backends[ACCOUNT][REGION]
+        client = boto3.client("sns", region_name=region)
+        backend = sns_backends[ACCOUNT][region]
         if indexed:
             sns_endpoint_index.install(stack, [backend])
         yield client, backend
