@@ -61,25 +61,30 @@ class HandlerClock:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[HandlerClock]:
-        original_invoke = LocalFunction.invoke
+        """Times the handler where it runs: the local runtime calls it on a thread of
+        its own (its sandbox, which stops it at its Timeout), so the CPU is that
+        thread's, measured inside it, not the invoking thread's."""
+        original_handler = LocalFunction.handler
         clock = self
 
-        def invoke(self: LocalFunction, event: Any) -> Any:
-            wall, cpu = time.perf_counter(), time.thread_time()
-            try:
-                return original_invoke(self, event)
-            finally:
-                clock._count(
-                    self.spec.logical_id,
-                    time.perf_counter() - wall,
-                    time.thread_time() - cpu,
-                )
+        def handler(self: LocalFunction) -> Any:
+            function = original_handler(self)
+            name = self.spec.logical_id
 
-        LocalFunction.invoke = invoke  # type: ignore[method-assign]
+            def timed(event: Any, context: Any) -> Any:
+                wall, cpu = time.perf_counter(), time.thread_time()
+                try:
+                    return function(event, context)
+                finally:
+                    clock._count(name, time.perf_counter() - wall, time.thread_time() - cpu)
+
+            return timed
+
+        LocalFunction.handler = handler  # type: ignore[method-assign]
         try:
             yield self
         finally:
-            LocalFunction.invoke = original_invoke  # type: ignore[method-assign]
+            LocalFunction.handler = original_handler  # type: ignore[method-assign]
 
     def _count(self, function: str, wall: float, cpu: float) -> None:
         with self._lock:
