@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,8 @@ pytestmark = pytest.mark.unit
 ACCOUNT = "123456789012"
 # A region of its own per use: moto keeps one store per account and region for the
 # whole process, and the suite's local runtime uses us-east-1.
+# Tokens no other test uses (other tests may leave endpoints in these regions too).
+TOKENS = f"index-{uuid.uuid4().hex[:8]}"
 REGIONS = iter(["eu-west-1", "eu-west-2", "eu-west-3", "eu-north-1", "eu-south-1", "ca-central-1"])
 
 
@@ -54,6 +57,8 @@ def replay(indexed: bool) -> tuple[list[str], list[tuple[str, str, Any, dict[str
     """The same operations, moto's answers to each, and the store at the end."""
     answers: list[str] = []
     with sns(indexed) as (client, backend):
+        # Endpoints other tests left in this region come first, and are not compared.
+        before = len(backend.platform_endpoints)
         apps = [
             client.create_platform_application(
                 Name=name, Platform=platform, Attributes={"PlatformCredential": "x"}
@@ -67,36 +72,36 @@ def replay(indexed: bool) -> tuple[list[str], list[tuple[str, str, Any, dict[str
                     PlatformApplicationArn=app, Token=token, **extra
                 )["EndpointArn"]
                 arns = [e.arn for e in list(backend.platform_endpoints.values())]
-                answers.append(f"endpoint #{arns.index(arn)}")
+                answers.append(f"endpoint #{arns.index(arn) - before}")
             except client.exceptions.InvalidParameterException as error:
                 answers.append(f"refused: {error.response['Error']['Code']}")
 
         for n in range(30):
-            create(apps[n % 2], f"token-{n}")
-        create(apps[0], "token-4")  # the same again: the same endpoint
-        create(apps[1], "token-4")  # another application: moto matches the token anyway
-        create(apps[0], "token-6", CustomUserData="other")  # different: refused
-        arn = client.create_platform_endpoint(PlatformApplicationArn=apps[0], Token="token-8")[
+            create(apps[n % 2], f"{TOKENS}-{n}")
+        create(apps[0], f"{TOKENS}-4")  # the same again: the same endpoint
+        create(apps[1], f"{TOKENS}-4")  # another application: moto matches the token anyway
+        create(apps[0], f"{TOKENS}-6", CustomUserData="other")  # different: refused
+        arn = client.create_platform_endpoint(PlatformApplicationArn=apps[0], Token=f"{TOKENS}-8")[
             "EndpointArn"
         ]
         client.delete_endpoint(EndpointArn=arn)
-        create(apps[0], "token-8")  # deleted: created anew
+        create(apps[0], f"{TOKENS}-8")  # deleted: created anew
         endpoint = backend.platform_endpoints.pop(
-            client.create_platform_endpoint(PlatformApplicationArn=apps[1], Token="token-9")[
+            client.create_platform_endpoint(PlatformApplicationArn=apps[1], Token=f"{TOKENS}-9")[
                 "EndpointArn"
             ]
         )
         # re-filed under another ARN, as the sample data (pushflow_local/demo.py) does
         endpoint.arn = endpoint.arn.rsplit("/", 1)[0] + "/5a3e8f8e-1c4b-3a7e-9d2f-0f6b2c1a9e11"
         backend.platform_endpoints[endpoint.arn] = endpoint
-        create(apps[1], "token-9")
+        create(apps[1], f"{TOKENS}-9")
         client.set_endpoint_attributes(EndpointArn=endpoint.arn, Attributes={"Enabled": "false"})
-        create(apps[1], "token-9")  # now disabled: refused
+        create(apps[1], f"{TOKENS}-9")  # now disabled: refused
         client.delete_platform_application(PlatformApplicationArn=apps[0])
-        create(apps[1], "token-0")  # its app was deleted, with its endpoints
+        create(apps[1], f"{TOKENS}-0")  # its app was deleted, with its endpoints
         store = [
             (key, e.token, e.custom_user_data, dict(e.attributes))
-            for key, e in backend.platform_endpoints.items()
+            for key, e in list(backend.platform_endpoints.items())[before:]
         ]
     return answers, store
 
