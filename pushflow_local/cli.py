@@ -4,6 +4,8 @@ pushflow demo [--recipients N]       seed an audience, send to it, show what hap
 pushflow invoke FUNCTION -e EVENT    run one function's handler (like `sam local invoke`)
 pushflow local serve [--port 3000]   the HTTP API on localhost (like `sam local start-api`)
 pushflow local token --user SUB      an end-user token for the local API
+pushflow cost --recipients N --region R [--page-size P] [--json]
+                                     what a send costs on AWS, from the template and the ASL
 """
 
 from __future__ import annotations
@@ -373,6 +375,19 @@ def _positive(text: str) -> int:
     return value
 
 
+def cost(args: argparse.Namespace) -> int:
+    """The bill of one send, worked out from template.yaml and the ASL (no AWS call)."""
+    from pushflow_local import cost as cost_model
+
+    try:
+        result = cost_model.bill(args.recipients, args.region, args.page_size)
+    except ValueError as error:  # bad arguments, or an ASL shape the model cannot bill
+        print(f"pushflow cost: {error}", file=sys.stderr)
+        return 2
+    print(cost_model.as_json(result) if args.json else "\n".join(cost_model.as_table(result)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(
         prog="pushflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -431,6 +446,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "key", help="print the backend API key (the x-api-key header of backend routes)"
     )
     key_parser.set_defaults(run=key)
+
+    cost_parser = commands.add_parser(
+        "cost", help="what one send costs on AWS, from template.yaml and the ASL"
+    )
+    cost_parser.add_argument("--recipients", type=int, required=True, help="devices sent to")
+    cost_parser.add_argument("--region", required=True, help="AWS region, e.g. us-east-1")
+    cost_parser.add_argument(
+        "--page-size", type=int, help="recipients per page (default: the template's PageSize)"
+    )
+    cost_parser.add_argument("--json", action="store_true", help="print the bill as JSON")
+    cost_parser.set_defaults(run=cost)
 
     args = parser.parse_args(argv)
     try:

@@ -100,14 +100,16 @@ def seed_demo(
         " SELECT id, ARRAY['news', 'marketing'] FROM users WHERE id = ANY(CAST(:ids AS bigint[]))",
         ids=opted_out,
     )
-    for user_id, start, end in quiet:
-        repository.run(
-            "INSERT INTO preferences (user_id, quiet_hours_start, quiet_hours_end)"
-            " VALUES (:id, CAST(:start AS time), CAST(:end AS time))",
-            id=user_id,
-            start=start,
-            end=end,
-        )
+    # One statement for all of them (one each took ~7 ms: 21 s at 100,000 devices).
+    repository.run(
+        "INSERT INTO preferences (user_id, quiet_hours_start, quiet_hours_end)"
+        " SELECT id, CAST(q_start AS time), CAST(q_end AS time)"
+        " FROM unnest(CAST(:ids AS bigint[]), CAST(:starts AS text[]), CAST(:ends AS text[]))"
+        " AS q(id, q_start, q_end)",
+        ids=[user_id for user_id, _, _ in quiet],
+        starts=[start for _, start, _ in quiet],
+        ends=[end for _, _, end in quiet],
+    )
     disable_endpoints(runtime, disabled)
     return {outcome: count for outcome, count in expected.items() if count}
 

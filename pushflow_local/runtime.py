@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo
 import boto3
 
 from pushflow.clock import MovableClock
-from pushflow_local import step_functions_limits
+from pushflow_local import sns_endpoint_index, step_functions_limits
 from pushflow_local.map_children import MapRunChildren
 from pushflow_local.sandbox import SandboxTimedOut, run_until
 from pushflow_local.servers import LocalServers
@@ -308,6 +308,10 @@ class LocalRuntime:
         setattr(retrier_decl, "time", _ScaledSleep(self.retry_sleep_scale))  # noqa: B010
         self._stack.callback(setattr, retrier_decl, "time", original_time)
         self._patch_wait_states()
+        # CreatePlatformEndpoint in O(1), not a scan of every endpoint (seeding the demo).
+        from moto.sns.models import sns_backends
+
+        sns_endpoint_index.install(self._stack, [sns_backends[ACCOUNT][REGION]])
         step_functions_limits.enforce(self._stack, lambda: self.history_event_limit)
         self._install_redrive()
         # Outermost: a Map child's own history is the one the limits gave it.
@@ -720,6 +724,23 @@ class LocalRuntime:
             event["stateEnteredEventDetails"]["name"]
             for event in self.history(execution_arn)
             if "stateEnteredEventDetails" in event
+        ]
+
+    def map_run_children(self, execution_arn: str) -> list[list[dict[str, Any]]]:
+        """The history of each child execution the execution's Map Runs started.
+
+        Step Functions lists them (`ListExecutions` with a `mapRunArn`); moto runs a
+        child in a frame of its parent, so the runtime keeps each child's history as
+        it ends (step_functions_limits)."""
+        from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+        backend = stepfunctions_parser_backends[ACCOUNT][REGION]
+        execution: Any = backend.describe_execution(execution_arn=execution_arn)
+        records = execution.exec_worker.env.map_run_record_pool_manager.get_all()
+        return [
+            [dict(event) for event in history]
+            for record in records
+            for history in step_functions_limits.child_histories(record)
         ]
 
     # -- EventBridge Scheduler (moto stores schedules but never fires them) --------

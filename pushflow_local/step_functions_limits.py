@@ -256,6 +256,13 @@ def _enforce_history_limit(
     _replace(stack, worker_class, "_get_evaluation_environment", evaluation_environment)
 
 
+def child_histories(map_run_record: Any) -> list[list[Any]]:
+    """The history of each child execution a Map Run finished, in the order they ended."""
+    running = _RunningChildren.of(map_run_record)
+    with running.lock:
+        return list(running.histories)
+
+
 class _RunningChildren:
     """The children of one Map Run under way: aborted when the Map Run fails."""
 
@@ -265,6 +272,10 @@ class _RunningChildren:
         self.lock = threading.Lock()
         self.envs: set[Any] = set()
         self.map_run_failed = False
+        # Each finished child's history (moto keeps a child's events in its frame
+        # only): what `LocalRuntime.map_run_children` reads, as Step Functions lists
+        # a Map Run's child executions.
+        self.histories: list[list[Any]] = []
 
     @classmethod
     def of(cls, map_run_record: Any) -> _RunningChildren:
@@ -296,6 +307,7 @@ def _enforce_tolerated_failure(
         finally:
             with running.lock:
                 running.envs.discard(env)
+                running.histories.append(env.event_manager.get_event_history())
         failed = record.item_counter.failed.get() + record.item_counter.timed_out.get()
         total = worker._job_pool._jobs_number
         if not exceeds_tolerated_failure(

@@ -13,6 +13,7 @@ import math
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ EXPECTED = {
     "record_vs_copy": "rows/s",
     "record_vs_executemany": "rows/s",
     "end_to_end": "recipients/s",
+    "end_to_end_vs_boto3_pool": "recipients/s",
+    "handlers_cpu_per_recipient": "µs CPU per recipient",
     "memory_resolve": "MB per 1,000 recipients",
     "memory_filter": "MB per 1,000 recipients",
     "memory_publish": "MB per 1,000 recipients",
@@ -73,7 +76,8 @@ def test_each_row_has_the_promised_shape(small_run: tuple[list[dict[str, Any]], 
         assert list(row)[:6] == ["name", "value", "unit", "reference", "ratio", "target"], row
         assert isinstance(row["value"], int | float) and math.isfinite(row["value"]), row
         assert row["value"] > 0, row
-        if row["name"].startswith("memory_"):
+        assert len(row["details"]["load_average"]) == 3, row
+        if row["name"].startswith("memory_") or row["name"] == "handlers_cpu_per_recipient":
             assert row["reference"] is None and row["ratio"] is None and row["target"] is None
             continue
         assert row["reference"] > 0 and row["target"] > 0, row
@@ -97,6 +101,34 @@ def test_the_send_reached_every_recipient_and_reports_its_time_split(
         "RecordResultsFunction",
     ):
         assert send["functions"][function]["calls"] == send["pages"]
+
+
+def test_straw_men_are_labelled_and_the_users_own_sender_is_measured(
+    small_run: tuple[list[dict[str, Any]], str],
+) -> None:
+    rows, _ = small_run
+    by_name = {row["name"]: row for row in rows}
+    for name in ("filter_vs_per_command", "record_vs_executemany", "end_to_end"):
+        assert by_name[name]["reference_name"].startswith("straw man:"), name
+    pool = by_name["end_to_end_vs_boto3_pool"]
+    assert not pool["reference_name"].startswith("straw man")
+    assert len(pool["details"]["pool_rates"]) == len(pool["details"]["rates"])
+    split = by_name["handlers_cpu_per_recipient"]["details"]
+    assert set(split["by_function_us_per_recipient"]) == {
+        "ResolveRecipientsFunction",
+        "FilterRecipientsFunction",
+        "PublishBatchFunction",
+        "RecordResultsFunction",
+    }
+    assert split["orchestration_cpu_us_per_recipient"] > 0
+
+
+def test_the_bench_clock_starts_at_the_same_moment_every_run() -> None:
+    from bench.harness import BENCH_START, PinnedClock
+
+    first, second = PinnedClock().now(), PinnedClock().now()
+    assert BENCH_START <= first < BENCH_START + timedelta(seconds=5)
+    assert BENCH_START <= second < BENCH_START + timedelta(seconds=5)
 
 
 def test_the_table_is_printed(small_run: tuple[list[dict[str, Any]], str]) -> None:
