@@ -126,8 +126,10 @@ def _explain(error: ValidationError, prefix: Sequence[Any] = ()) -> InvalidReque
     field = _join(path) or "request"
     if error.validator == "enum" and len(error.validator_value) > _LISTED_VALUES:
         # A long list (the time zones) is named, not repeated in the answer.
-        allowed = f"one of the {len(error.validator_value)} values the API document lists"
-        return InvalidRequest(f"{field}: {_bounded(repr(error.instance))} is not {allowed}", field)
+        noun = error.schema.get("title", "value")
+        allowed = f"not one of the {len(error.validator_value)} the API document lists"
+        message = f"{field}: unknown {noun} {_bounded(repr(error.instance))} ({allowed})"
+        return InvalidRequest(message, field)
     return InvalidRequest(f"{field}: {_bounded(error.message)}", field)
 
 
