@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -206,6 +207,26 @@ def enforce(stack: contextlib.ExitStack, history_event_limit: Callable[[], int])
     _enforce_payload_limit(stack)
     _enforce_history_limit(stack, history_event_limit)
     _enforce_tolerated_failure(stack, history_event_limit)
+    _quiet_the_tolerance_warning(stack)
+
+
+class _ToleranceEnforcedHere(logging.Filter):
+    """Drops moto's warning that tolerated-failure declarations "have no effect":
+    here they do (`_enforce_tolerated_failure`), so the warning would mislead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("ToleratedFailure" in message and "no effect" in message)
+
+
+_PREPROCESSOR_LOGGER = "moto.stepfunctions.parser.asl.parse.preprocessor"
+
+
+def _quiet_the_tolerance_warning(stack: contextlib.ExitStack) -> None:
+    log = logging.getLogger(_PREPROCESSOR_LOGGER)
+    quiet = _ToleranceEnforcedHere()
+    log.addFilter(quiet)
+    stack.callback(log.removeFilter, quiet)
 
 
 def _enforce_payload_limit(stack: contextlib.ExitStack) -> None:

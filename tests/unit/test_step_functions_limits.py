@@ -117,3 +117,38 @@ def test_the_asl_keeps_an_integer_percentage_that_moto_reads_as_a_float() -> Non
     assert json.loads(readable)["States"]["FanOut"]["ToleratedFailurePercentage"] == 10.0
     AmazonStateLanguageParser.parse(readable)
     assert json.loads(readable) == json.loads(definition)  # the same numbers
+
+
+def test_moto_warning_that_tolerated_failure_has_no_effect_is_not_shown_where_it_has(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from moto.stepfunctions.parser.asl.parse import preprocessor
+
+    definition = json.dumps(
+        {
+            "StartAt": "Pages",
+            "States": {
+                "Pages": {
+                    "Type": "Map",
+                    "ToleratedFailurePercentage": 10.0,
+                    "ItemProcessor": {
+                        "ProcessorConfig": {"Mode": "INLINE"},
+                        "StartAt": "Page",
+                        "States": {"Page": {"Type": "Pass", "End": True}},
+                    },
+                    "End": True,
+                }
+            },
+        }
+    )
+    # moto's parser warns from this logger (this fails loudly if it moves).
+    assert preprocessor.LOG.name == limits._PREPROCESSOR_LOGGER
+    with caplog.at_level("WARNING", logger=preprocessor.LOG.name):
+        AmazonStateLanguageParser.parse(definition)
+    assert any("no effect" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+
+    with contextlib.ExitStack() as stack, caplog.at_level("WARNING", logger=preprocessor.LOG.name):
+        limits._quiet_the_tolerance_warning(stack)
+        AmazonStateLanguageParser.parse(definition)
+    assert not any("no effect" in r.getMessage() for r in caplog.records)
