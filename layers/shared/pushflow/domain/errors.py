@@ -72,10 +72,6 @@ class OutOfTimeError(TransientError):
     recorded, the rest released; the ASL retries the page."""
 
 
-class PublishError(TransientError):
-    """SNS failed in a way that is worth retrying (5xx, connection reset)."""
-
-
 class PublishRejectedError(PushflowError):
     """SNS refused a page's pushes for a reason no device has (credentials, authorization,
     a disabled platform application, KMS): the ASL retries it a little, then fails
